@@ -1,0 +1,33 @@
+# Two commands: `make run` runs the whole system, `make test` runs every test.
+# Both create the virtual environment and start local Kafka and Postgres when
+# LOYALTY_KAFKA_BOOTSTRAP / LOYALTY_DATABASE_URL are not set.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint infra-up infra-down infra-status clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/loyalty run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+infra-up infra-down infra-status: $(STAMP)
+	$(BIN)/loyalty infra $(subst infra-,,$@)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Local Apache Kafka and PostgreSQL servers for hosts without a Docker engine."""

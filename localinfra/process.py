@@ -1,0 +1,112 @@
+"""Process and port helpers shared by the local Kafka and Postgres launchers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+class InfraError(RuntimeError):
+    """A local server cannot be set up or started; the message says what to do."""
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def require_free(port: int, what: str, setting: str) -> None:
+    if port_open(port):
+        raise InfraError(
+            f"port {port} for {what} is busy: another process listens on 127.0.0.1:{port}. "
+            f"Stop it or choose another port with {setting}."
+        )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        # Reap it first if it is our own child that has ended, or it would look alive.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def spawn_detached(cmd: Sequence[str], log_file: Path, env: dict[str, str] | None = None) -> int:
+    """Start a server in its own session with every stream on a file.
+
+    A server that inherits the caller's stdout keeps that pipe open after the caller ends,
+    and whoever reads the pipe waits forever.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    return proc.pid
+
+
+def run_quiet(cmd: Sequence[str], log_file: Path, what: str) -> None:
+    """Run a setup command to completion, keeping its output in a log file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        result = subprocess.run(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise InfraError(f"{what} failed (exit {result.returncode}); see {log_file}")
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise InfraError(f"{what} did not become ready within {timeout_s:.0f} s; see {log_file}")
+
+
+def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within the timeout."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

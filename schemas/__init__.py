@@ -1,0 +1,1 @@
+"""The message contract shared by the write side and the read side."""

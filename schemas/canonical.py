@@ -1,0 +1,22 @@
+"""The canonical JSON form that event hashes are computed over (see schemas/README.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(document: dict[str, Any]) -> bytes:
+    """UTF-8 JSON with sorted keys, no insignificant whitespace, and no NaN or infinities."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def event_hash(document: dict[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of an event envelope without its own `hash` field."""
+    body = {key: value for key, value in document.items() if key != "hash"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()

@@ -1,0 +1,33 @@
+"""Topic names and their configurations: the settings every service reads the same way."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+class KafkaSettings(BaseSettings):
+    """Kafka endpoint and topic names (env LOYALTY_*), shared by every service's settings."""
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    topic_purchases: str = "loyalty.purchases.v1"
+    topic_commands: str = "loyalty.commands.v1"
+    topic_events: str = "loyalty.events.v1"
+    topic_state: str = "loyalty.ledger-state.v1"
+    topic_dlq: str = "loyalty.purchases.dlq.v1"
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Every topic with the configs of DESIGN.md."""
+        return {
+            self.topic_purchases: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+            self.topic_commands: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+            self.topic_events: {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
+            self.topic_state: {"cleanup.policy": "compact"},
+            self.topic_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+        }

@@ -1,0 +1,135 @@
+"""`loyalty`: one entry point for the services, the local infrastructure and (later) the auditor tools."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from services import logs
+
+COMPONENTS = ("ledger-api", "processor", "projector", "read-api")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="loyalty",
+        description="Event-sourced loyalty points ledger. Settings come from LOYALTY_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="start local Kafka and Postgres if none are configured, then every service")
+    infra = sub.add_parser("infra", help="manage the local Kafka and Postgres used when no endpoints are set")
+    infra.add_argument("action", choices=("up", "down", "status"))
+    sub.add_parser("topics", help="create the missing topics with their configs")
+    sub.add_parser("migrate", help="apply the read models' SQL migrations")
+    for component in COMPONENTS:
+        sub.add_parser(component, help=f"run the {component} alone, in the foreground")
+    args = parser.parse_args(argv)
+    logs.configure()
+    handlers: dict[str, Callable[[], int]] = {
+        "run": _run,
+        "topics": _topics,
+        "migrate": _migrate,
+        "ledger-api": _ledger_api,
+        "processor": _processor,
+        "projector": _projector,
+        "read-api": _read_api,
+    }
+    if args.command == "infra":
+        return _infra(args.action)
+    return handlers[args.command]()
+
+
+def _infra(action: str) -> int:
+    from localinfra.process import InfraError
+    from localinfra.stack import LocalStack
+
+    stack = LocalStack.from_env()
+    try:
+        if action == "up":
+            for name, value in stack.up().items():
+                print(f"{name}={value}")
+        elif action == "down":
+            stack.down()
+        for line in stack.status():
+            print(line, file=sys.stderr)
+    except InfraError as error:
+        print(f"loyalty infra {action}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run() -> int:
+    from services.supervisor import run_all
+
+    return run_all()
+
+
+def _topics() -> int:
+    from services.ledger.settings import LedgerSettings
+    from services.ledger.topics import ensure_topics
+
+    ensure_topics(LedgerSettings())
+    return 0
+
+
+def _migrate() -> int:
+    from services.projector.migrate import migrate
+    from services.projector.settings import ProjectorSettings
+
+    migrate(ProjectorSettings().database_url)
+    return 0
+
+
+def _until_signalled(loop: Callable[[threading.Event], None]) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    loop(stop)
+    return 0
+
+
+def _processor() -> int:
+    from services.ledger.domain.rules import Rules
+    from services.ledger.processor import Processor
+    from services.ledger.settings import LedgerSettings
+
+    return _until_signalled(Processor(LedgerSettings(), Rules()).run)
+
+
+def _projector() -> int:
+    from services.projector.migrate import migrate
+    from services.projector.projector import Projector
+    from services.projector.settings import ProjectorSettings
+
+    settings = ProjectorSettings()
+    migrate(settings.database_url)
+    return _until_signalled(Projector(settings).run)
+
+
+def _ledger_api() -> int:
+    import uvicorn
+
+    from services.ledger.api import create_app
+    from services.ledger.settings import LedgerSettings
+
+    settings = LedgerSettings()
+    uvicorn.run(create_app(settings), host=settings.ledger_host, port=settings.ledger_port, log_config=None)
+    return 0
+
+
+def _read_api() -> int:
+    import uvicorn
+
+    from services.projector.api import create_app
+    from services.projector.settings import ProjectorSettings
+
+    settings = ProjectorSettings()
+    uvicorn.run(create_app(settings), host=settings.read_host, port=settings.read_port, log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

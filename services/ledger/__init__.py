@@ -1,0 +1,1 @@
+"""Write side: command API, single-writer processor, pure decisions."""

@@ -1,0 +1,24 @@
+"""The write side's settings (env LOYALTY_*)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+
+from schemas.topics import KafkaSettings
+
+
+class LedgerSettings(KafkaSettings):
+    ledger_host: str = "127.0.0.1"
+    ledger_port: int = 8000
+    processor_group: str = "loyalty-ledger"
+    # Stable across restarts of one instance, so a restart fences and aborts what it left open.
+    processor_instance: str = Field(default_factory=socket.gethostname)
+    processor_batch_max: int = Field(default=2000, ge=1)
+    transaction_timeout_ms: int = Field(default=15_000, ge=1000)
+    command_timeout_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.processor_group}-{self.processor_instance}"

@@ -1,0 +1,1 @@
+"""Read side: the projector that builds read models in Postgres, and the read API."""

@@ -1,0 +1,96 @@
+"""The projector loop: each poll is applied in one Postgres transaction with its checkpoint.
+
+The consumer group only splits partitions among instances; positions live in Postgres, next to
+the read models, and are where a partition resumes when it is assigned. Kafka's committed
+offsets are never used, so a crash between the two stores cannot skip or repeat an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from services.projector import store
+from services.projector.fold import decode, fold
+from services.projector.settings import ProjectorSettings
+
+log = logging.getLogger(__name__)
+
+
+class _SeekToCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._projector.seek_to_checkpoints(list(assigned))
+
+
+class Projector:
+    def __init__(self, settings: ProjectorSettings) -> None:
+        self._settings = settings
+        self._conn = psycopg.connect(settings.database_url)
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.projector_group,
+            client_id="loyalty-projector",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=settings.projector_batch_max,
+        )
+
+    def seek_to_checkpoints(self, assigned: list[TopicPartition]) -> None:
+        with self._conn.transaction():
+            found = store.checkpoints(
+                self._conn, self._settings.topic_events, [tp.partition for tp in assigned]
+            )
+        for tp in assigned:
+            if tp.partition in found:
+                self._consumer.seek(tp, found[tp.partition])
+            else:
+                self._consumer.seek_to_beginning(tp)
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+
+    def run(self, stop: threading.Event) -> None:
+        self._consumer.subscribe([self._settings.topic_events], listener=_SeekToCheckpoint(self))
+        log.info("projector started")
+        try:
+            while not stop.is_set():
+                batch = self._consumer.poll(timeout_ms=200, max_records=self._settings.projector_batch_max)
+                if batch:
+                    self.apply(batch)
+        finally:
+            self._consumer.close()
+            self._conn.close()
+            log.info("projector stopped")
+
+    def apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.monotonic()
+        records = [record for partition_records in batch.values() for record in partition_records]
+        events = [decode(record.value) for record in records]
+        next_offsets = {tp.partition: recs[-1].offset + 1 for tp, recs in batch.items()}
+        with self._conn.transaction():
+            members = {event.member_id for event in events if not isinstance(event, str)}
+            folded = fold(events, store.last_sequences(self._conn, members))
+            store.write(self._conn, folded, self._settings.topic_events, next_offsets)
+        if folded.skipped:
+            log.warning("events skipped", extra={"skipped": folded.skipped})
+        log.debug(
+            "batch applied",
+            extra={
+                "records": len(records),
+                "applied": folded.applied,
+                "duplicates": folded.duplicates,
+                "seconds": round(time.monotonic() - started, 4),
+            },
+        )

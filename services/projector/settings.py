@@ -1,0 +1,17 @@
+"""The read side's settings (env LOYALTY_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from schemas.topics import KafkaSettings
+
+
+class ProjectorSettings(KafkaSettings):
+    database_url: str = "postgresql://loyalty@127.0.0.1:15432/loyalty"
+    read_host: str = "127.0.0.1"
+    read_port: int = 8001
+    projector_group: str = "loyalty-projector"
+    projector_batch_max: int = Field(default=5000, ge=1)
+    # /readyz fails while the projector is further behind than this many records.
+    ready_max_lag: int = Field(default=1000, ge=0)

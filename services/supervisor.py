@@ -1,0 +1,79 @@
+"""`loyalty run`: the whole system in the foreground, stopped together on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from localinfra.kafka import KafkaNode
+from localinfra.postgres import PostgresNode
+from localinfra.process import InfraError
+from localinfra.stack import LocalStack
+from services.cli import COMPONENTS
+
+
+def run_all() -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    stack = LocalStack.from_env()
+    started_here = [
+        node for node in (stack.kafka, stack.postgres) if node is not None and "stopped" in node.status()
+    ]
+    try:
+        env = {**os.environ, **stack.up()}
+    except InfraError as error:
+        print(f"loyalty run: {error}", file=sys.stderr)
+        return 1
+    for line in stack.status():
+        print(line, flush=True)
+
+    prepare = [sys.executable, "-m", "services.cli"]
+    for step in ("topics", "migrate"):
+        if subprocess.run([*prepare, step], env=env).returncode != 0:
+            print(f"loyalty run: `loyalty {step}` failed", file=sys.stderr)
+            _stop_infra(started_here)
+            return 1
+
+    children = {
+        name: subprocess.Popen([*prepare, name], env=env, stdin=subprocess.DEVNULL) for name in COMPONENTS
+    }
+    ledger = f"http://{env.get('LOYALTY_LEDGER_HOST', '127.0.0.1')}:{env.get('LOYALTY_LEDGER_PORT', '8000')}"
+    read = f"http://{env.get('LOYALTY_READ_HOST', '127.0.0.1')}:{env.get('LOYALTY_READ_PORT', '8001')}"
+    print(f"ledger API: {ledger}  (docs: {ledger}/docs)", flush=True)
+    print(f"read API:   {read}  (docs: {read}/docs)", flush=True)
+    print("Ctrl-C stops everything.", flush=True)
+
+    failed = None
+    while not stop.is_set() and failed is None:
+        failed = next((name for name, child in children.items() if child.poll() is not None), None)
+        stop.wait(0.5)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    _stop_infra(started_here)
+    if failed is not None:
+        print(
+            f"loyalty run: {failed} exited (code {children[failed].returncode}); everything stopped",
+            file=sys.stderr,
+        )
+        return 1
+    print("stopped", flush=True)
+    return 0
+
+
+def _stop_infra(nodes: list[KafkaNode | PostgresNode]) -> None:
+    """Stop only the local servers this run started; ones already up stay up."""
+    for node in nodes:
+        node.down()

@@ -1,0 +1,106 @@
+"""Fixtures: real Kafka and Postgres, with topics and a database of each test's own."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from services.ledger.settings import LedgerSettings
+from services.projector.settings import ProjectorSettings
+from tests.endpoints import test_endpoints
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[dict[str, str]]:
+    with test_endpoints() as found:
+        yield found
+
+
+@dataclass(frozen=True)
+class Isolated:
+    """One test's own topic names, consumer groups and database, as environment settings."""
+
+    env: dict[str, str]
+
+    def ledger(self, **overrides: Any) -> LedgerSettings:
+        return LedgerSettings(**self._fields(LedgerSettings), **overrides)
+
+    def projector(self, **overrides: Any) -> ProjectorSettings:
+        return ProjectorSettings(**self._fields(ProjectorSettings), **overrides)
+
+    def _fields(self, model: type[LedgerSettings] | type[ProjectorSettings]) -> dict[str, str]:
+        prefix = "LOYALTY_"
+        return {
+            name[len(prefix) :].lower(): value
+            for name, value in self.env.items()
+            if name[len(prefix) :].lower() in model.model_fields
+        }
+
+
+@pytest.fixture
+def isolated(endpoints: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Isolated]:
+    tag = f"t{RUN_ID}{uuid.uuid4().hex[:6]}"
+    database = f"loyalty_{tag}"
+    admin_url = endpoints["LOYALTY_DATABASE_URL"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    env = {
+        "LOYALTY_KAFKA_BOOTSTRAP": endpoints["LOYALTY_KAFKA_BOOTSTRAP"],
+        "LOYALTY_DATABASE_URL": psycopg.conninfo.make_conninfo(admin_url, dbname=database),
+        "LOYALTY_TOPIC_PURCHASES": f"{tag}.purchases",
+        "LOYALTY_TOPIC_COMMANDS": f"{tag}.commands",
+        "LOYALTY_TOPIC_EVENTS": f"{tag}.events",
+        "LOYALTY_TOPIC_STATE": f"{tag}.state",
+        "LOYALTY_TOPIC_DLQ": f"{tag}.dlq",
+        "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
+        "LOYALTY_PROCESSOR_INSTANCE": "0",
+        "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
+    }
+    yield Isolated(env)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+class Running:
+    """A service loop (processor, projector) on a thread, stopped at the end of the test."""
+
+    def __init__(self) -> None:
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, loop: Callable[[threading.Event], None]) -> threading.Event:
+        stop = threading.Event()
+
+        def target() -> None:
+            try:
+                loop(stop)
+            except BaseException as error:  # surfaced by the fixture's teardown
+                self.errors.append(error)
+
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        self._threads.append((thread, stop))
+        return stop
+
+    def stop_all(self) -> None:
+        for _, stop in self._threads:
+            stop.set()
+        for thread, _ in self._threads:
+            thread.join(timeout=30)
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    services = Running()
+    yield services
+    services.stop_all()
+    assert not services.errors, services.errors

@@ -1,0 +1,150 @@
+"""The walking skeleton end to end: purchases in, events in the log, balances out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from schemas.canonical import GENESIS_HASH, event_hash
+from services.ledger.api import create_app as create_ledger_app
+from services.ledger.domain.rules import Rules
+from services.ledger.partitioning import partition_for
+from services.ledger.processor import Processor
+from services.projector.api import create_app as create_read_app
+from services.projector.projector import Projector
+from tests.conftest import Isolated, Running
+from tests.integration.kafka_io import events_of, publish, purchase, read_all
+from tests.waiting import eventually
+
+
+@pytest.fixture
+def system(isolated: Isolated, running: Running) -> Iterator[tuple[TestClient, TestClient]]:
+    """Ledger API, processor, projector and read API on one test's topics and database."""
+    with (
+        TestClient(create_ledger_app(isolated.ledger())) as ledger,
+        TestClient(create_read_app(isolated.projector())) as read,
+    ):
+        running.start(Processor(isolated.ledger(), Rules()).run)
+        running.start(Projector(isolated.projector()).run)
+        yield ledger, read
+
+
+def balance_of(read: TestClient, member_id: str, available: int) -> dict[str, int] | None:
+    response = read.get(f"/v1/members/{member_id}/balance")
+    if response.status_code == 200 and response.json()["available"] == available:
+        return response.json()  # type: ignore[no-any-return]
+    return None
+
+
+def test_http_purchase_becomes_a_balance(system: tuple[TestClient, TestClient]) -> None:
+    ledger, read = system
+    response = ledger.post("/v1/purchases", json=purchase("m-42", "ord-1001", "129.90"))
+    assert response.status_code == 202
+    assert response.headers["location"] == f"/v1/commands/{response.json()['command_id']}"
+    balance = eventually(lambda: balance_of(read, "m-42", 129), what="balance of 129")
+    assert balance["lifetime_earned"] == 129
+
+
+def test_kafka_purchase_becomes_a_balance(system: tuple[TestClient, TestClient], isolated: Isolated) -> None:
+    _, read = system
+    settings = isolated.ledger()
+    publish(
+        settings.kafka_bootstrap,
+        settings.topic_purchases,
+        b"m-7",
+        json.dumps(purchase("m-7", "ord-1", "99.99")).encode(),
+    )
+    eventually(lambda: balance_of(read, "m-7", 99), what="balance of 99")
+
+
+def test_events_are_chained_and_a_duplicate_purchase_earns_once(
+    system: tuple[TestClient, TestClient], isolated: Isolated
+) -> None:
+    ledger, read = system
+    settings = isolated.ledger()
+    for purchase_id, amount in (("o-1", "10.50"), ("o-2", "20.00"), ("o-1", "10.50")):
+        assert ledger.post("/v1/purchases", json=purchase("m-1", purchase_id, amount)).status_code == 202
+    eventually(lambda: balance_of(read, "m-1", 30), what="balance of 30")
+    events = events_of(settings.kafka_bootstrap, settings.topic_events, "m-1")
+    assert [e["type"] for e in events] == ["PurchaseRecorded", "PointsEarned"] * 2
+    assert [e["sequence"] for e in events] == [1, 2, 3, 4]
+    previous = GENESIS_HASH
+    for event in events:
+        assert event["prev_hash"] == previous
+        assert event["hash"] == event_hash(event)
+        previous = event["hash"]
+    assert {e["rules_version"] for e in events} == {1}
+
+
+def test_invalid_records_are_dead_lettered_and_processing_goes_on(
+    system: tuple[TestClient, TestClient], isolated: Isolated
+) -> None:
+    _, read = system
+    settings = isolated.ledger()
+    bad = json.dumps(purchase("m-9", "ord-x", "-5")).encode()
+    publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", b"not json")
+    publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", bad)
+    publish(
+        settings.kafka_bootstrap,
+        settings.topic_purchases,
+        b"m-9",
+        json.dumps(purchase("m-9", "ord-ok", "5.00")).encode(),
+    )
+    eventually(lambda: balance_of(read, "m-9", 5), what="balance after bad records")
+    dead = read_all(settings.kafka_bootstrap, settings.topic_dlq)
+    assert [record.value for record in dead] == [b"not json", bad]
+    for record in dead:
+        headers = {key: value.decode() for key, value in record.headers}
+        assert headers["error.code"] == "invalid_message"
+        assert headers["error.message"]
+        assert headers["source.topic"] == settings.topic_purchases
+        assert int(headers["source.partition"]) == partition_for("m-9", settings.partitions)
+        assert int(headers["source.offset"]) >= 0
+    assert "amount" in dict(dead[1].headers)["error.message"].decode()
+
+
+def test_a_misrouted_record_is_rerouted_to_the_members_partition(
+    system: tuple[TestClient, TestClient], isolated: Isolated
+) -> None:
+    _, read = system
+    settings = isolated.ledger()
+    home = partition_for("m-5", settings.partitions)
+    wrong = (home + 1) % settings.partitions
+    publish(
+        settings.kafka_bootstrap,
+        settings.topic_purchases,
+        b"ord-5",
+        json.dumps(purchase("m-5", "ord-5", "7.00")).encode(),
+        partition=wrong,
+    )
+    eventually(lambda: balance_of(read, "m-5", 7), what="rerouted balance")
+    moved = [r for r in read_all(settings.kafka_bootstrap, settings.topic_purchases) if r.partition == home]
+    assert [r.key for r in moved] == [b"m-5"]
+    events = read_all(settings.kafka_bootstrap, settings.topic_events)
+    assert {r.partition for r in events} == {home}
+
+
+def test_unknown_member_is_a_404_problem(system: tuple[TestClient, TestClient]) -> None:
+    _, read = system
+    response = read.get("/v1/members/nobody/balance")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 404
+
+
+def test_bad_request_is_a_422_problem(system: tuple[TestClient, TestClient]) -> None:
+    ledger, _ = system
+    response = ledger.post("/v1/purchases", json=purchase("m-1", "o-1", "12.345"))
+    assert response.status_code == 422
+    body = response.json()
+    assert body["type"].endswith("/invalid_request")
+    assert "amount" in body["detail"]
+
+
+def test_both_services_are_healthy_and_ready(system: tuple[TestClient, TestClient]) -> None:
+    for client in system:
+        assert client.get("/healthz").status_code == 200
+        eventually(lambda c=client: c.get("/readyz").status_code == 200, what="ready")

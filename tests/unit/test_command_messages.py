@@ -1,0 +1,58 @@
+"""Inbound records become commands, or a dead-letter reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.ledger.command_messages import InvalidRecord, parse_command_record, parse_inbound_record
+from services.ledger.domain.commands import RecordPurchase
+
+PURCHASE = {
+    "type": "purchase",
+    "purchase_id": "ord-1001",
+    "member_id": "m-42",
+    "amount": "129.90",
+    "currency": "CNY",
+    "occurred_at": "2026-11-22T18:00:00+08:00",
+    "store_id": "sh-07",
+    "channel": "store",
+    "items": [{"sku": "A1", "category": "beauty", "quantity": 1, "amount": "129.90"}],
+}
+
+
+def test_a_purchase_message_becomes_a_command_with_a_derived_id() -> None:
+    command = parse_inbound_record(json.dumps(PURCHASE).encode())
+    assert isinstance(command, RecordPurchase)
+    assert command.amount_minor == 12990
+    assert command.occurred_at.isoformat() == "2026-11-22T10:00:00+00:00"
+    assert command.items[0].category == "beauty"
+    assert parse_inbound_record(json.dumps(PURCHASE).encode()).command_id == command.command_id
+
+
+def test_a_command_message_keeps_its_ids() -> None:
+    raw = json.dumps({"command_id": "c-1", "correlation_id": "r-1", "body": PURCHASE}).encode()
+    command = parse_command_record(raw)
+    assert (command.command_id, command.correlation_id) == ("c-1", "r-1")
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (None, "no value"),
+        (b"", "Invalid JSON"),
+        (b"\xff\xfe", "Invalid JSON"),
+        (b"[]", "value"),
+        (json.dumps({**PURCHASE, "amount": "1.234"}).encode(), "amount"),
+        (json.dumps({**PURCHASE, "amount": "-1"}).encode(), "amount"),
+        (json.dumps({**PURCHASE, "currency": "USD"}).encode(), "currency"),
+        (json.dumps({**PURCHASE, "occurred_at": "2026-11-22T10:00:00"}).encode(), "occurred_at"),
+        (json.dumps({**PURCHASE, "member_id": ""}).encode(), "member_id"),
+        (json.dumps({**PURCHASE, "type": "gift"}).encode(), "gift"),
+    ],
+)
+def test_an_invalid_record_says_why(value: bytes | None, fragment: str) -> None:
+    with pytest.raises(InvalidRecord) as raised:
+        parse_inbound_record(value)
+    assert fragment in raised.value.message
