@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 
@@ -23,6 +23,21 @@ class EventData(BaseModel):
         EventData.registry[cls.__name__] = cls
 
 
+class LotPoints(BaseModel):
+    """Points taken from, or given back to, one lot; `expires_at` is the lot's own expiry."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lot_id: str
+    points: int
+    expires_at: datetime
+
+
+class MemberEnrolled(EventData):
+    via: Literal["purchase", "api"]
+    tier: str
+
+
 class PurchaseRecorded(EventData):
     purchase_id: str
     amount_minor: int
@@ -32,10 +47,117 @@ class PurchaseRecorded(EventData):
     items: tuple[PurchaseItem, ...] = ()
 
 
+class EarningRule(BaseModel):
+    """How the points of an earning were computed, for auditors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tier: str
+    tier_multiplier: str
+    points_per_cny: str
+    category_bonuses: dict[str, str] = {}
+    rounding: str
+
+
 class PointsEarned(EventData):
     purchase_id: str
+    lot_id: str
     points: int
-    rule: str
+    expires_at: datetime
+    matures_at: datetime | None = None
+    debt_repaid: int = 0
+    rule: EarningRule
+
+
+class PointsMatured(EventData):
+    lot_id: str
+    points: int
+    debt_repaid: int = 0
+
+
+class PurchaseRefunded(EventData):
+    refund_id: str
+    purchase_id: str
+    amount_minor: int
+    refunded_total_minor: int
+
+
+class PointsReversed(EventData):
+    refund_id: str
+    purchase_id: str
+    points: int
+    from_pending: tuple[LotPoints, ...] = ()
+    from_lots: tuple[LotPoints, ...] = ()
+    debt_added: int = 0
+
+
+class PointsRedeemed(EventData):
+    redemption_id: str
+    points: int
+    reward: str | None = None
+    value_minor: int
+    from_lots: tuple[LotPoints, ...]
+
+
+class RedemptionCancelled(EventData):
+    redemption_id: str
+    points: int
+
+
+class PointsRestored(EventData):
+    redemption_id: str
+    points: int
+    to_lots: tuple[LotPoints, ...]
+    debt_repaid: int = 0
+
+
+class PointsAdjusted(EventData):
+    adjustment_id: str
+    points: int
+    reason: str
+    actor: str
+    lot_id: str | None = None
+    expires_at: datetime | None = None
+    from_lots: tuple[LotPoints, ...] = ()
+    debt_repaid: int = 0
+
+
+class PointsExpired(EventData):
+    points: int
+    lots: tuple[LotPoints, ...]
+
+
+class TierChanged(EventData):
+    from_tier: str
+    to_tier: str
+    reason: Literal["promotion", "demotion", "manual"]
+    qualifying_spend_minor: int
+    purchase_count: int
+    # None when the new tier is the entry tier, which is never evaluated.
+    next_evaluation_at: datetime | None
+    note: str | None = None
+    actor: str | None = None
+
+
+class TierRetained(EventData):
+    """The evaluation date came and the window still qualifies: the next one is set."""
+
+    tier: str
+    qualifying_spend_minor: int
+    purchase_count: int
+    next_evaluation_at: datetime
+
+
+class ProgramRulesChanged(EventData):
+    version: int
+    fingerprint: str
+    rules: dict[str, Any]
+
+
+class CommandRejected(EventData):
+    command: str
+    code: str
+    detail: str
 
 
 class Event(BaseModel):

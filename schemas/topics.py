@@ -21,6 +21,7 @@ class KafkaSettings(BaseSettings):
     topic_events: str = "loyalty.events.v1"
     topic_state: str = "loyalty.ledger-state.v1"
     topic_dlq: str = "loyalty.purchases.dlq.v1"
+    topic_replies: str = "loyalty.command-replies.v1"
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Every topic with the configs of DESIGN.md."""
@@ -30,4 +31,6 @@ class KafkaSettings(BaseSettings):
             self.topic_events: {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
             self.topic_state: {"cleanup.policy": "compact"},
             self.topic_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+            # Internal: the processor's answer to each API command, read by the ledger API.
+            self.topic_replies: {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)},
         }

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from services import logs
 
-COMPONENTS = ("ledger-api", "processor", "projector", "read-api")
+COMPONENTS = ("ledger-api", "processor", "scheduler", "projector", "read-api")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": _migrate,
         "ledger-api": _ledger_api,
         "processor": _processor,
+        "scheduler": _scheduler,
         "projector": _projector,
         "read-api": _read_api,
     }
@@ -92,11 +93,19 @@ def _until_signalled(loop: Callable[[threading.Event], None]) -> int:
 
 
 def _processor() -> int:
-    from services.ledger.domain.rules import Rules
+    from schemas.rules import load_rules
     from services.ledger.processor import Processor
     from services.ledger.settings import LedgerSettings
 
-    return _until_signalled(Processor(LedgerSettings(), Rules()).run)
+    settings = LedgerSettings()
+    return _until_signalled(Processor(settings, load_rules(settings.rules_file)).run)
+
+
+def _scheduler() -> int:
+    from services.ledger.scheduler import Scheduler
+    from services.ledger.settings import LedgerSettings
+
+    return _until_signalled(Scheduler(LedgerSettings()).run)
 
 
 def _projector() -> int:

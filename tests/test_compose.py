@@ -17,6 +17,7 @@ COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
 SETTINGS: dict[str, type[BaseSettings]] = {
     "ledger-api": LedgerSettings,
     "processor": LedgerSettings,
+    "scheduler": LedgerSettings,
     "projector": ProjectorSettings,
     "read-api": ProjectorSettings,
 }

@@ -1,30 +1,97 @@
-"""The command API: validates requests and hands them to the processor as commands."""
+"""The command API: validates requests, hands them to the processor, answers with its decision."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Header, Path, Request, Response
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.inbound import PurchaseMessage
+from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMessage, RefundMessage
+from schemas.position import encode_position
 from services.kafka_offsets import end_offsets, offsets_consumer
-from services.ledger.command_messages import CommandMessage
+from services.ledger.command_messages import (
+    AdjustmentBody,
+    AnyBody,
+    CancelBody,
+    CommandMessage,
+    CommandReply,
+    RedemptionBody,
+    TierBody,
+)
+from services.ledger.domain import errors
+from services.ledger.replies import ReplyTracker
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
 from services.problems import Problem, install_problem_handlers
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("b7a9d0f4-3c6e-4a8e-9f51-6a0c2d9e4b27")
+# Until access control names the caller, this is the actor recorded on admin commands.
+ANONYMOUS_ACTOR = "unauthenticated"
+
+REJECTION_STATUS = {
+    errors.InsufficientPoints.code: 409,
+    errors.RefundExceedsPurchase.code: 409,
+    errors.UnknownPurchase.code: 409,
+    errors.UnknownRedemption.code: 404,
+    errors.UnknownMember.code: 404,
+    errors.UnknownTier.code: 422,
+    errors.InvalidAmount.code: 422,
+}
+
+MemberIdPath = Annotated[str, Path(pattern=MEMBER_ID_PATTERN)]
+IdempotencyKey = Annotated[str | None, Header(max_length=128)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 
 
-class CommandAccepted(BaseModel):
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedemptionRequest(_Request):
+    redemption_id: ExternalId
+    member_id: MemberId
+    points: Annotated[int, Field(gt=0, le=1_000_000_000)]
+    reward: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class CancelRequest(_Request):
+    member_id: MemberId
+
+
+class AdjustmentRequest(_Request):
+    adjustment_id: ExternalId
+    member_id: MemberId
+    points: Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000)]
+    reason: Reason
+
+
+class TierRequest(_Request):
+    tier: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    reason: Reason
+
+
+class Balance(BaseModel):
+    available: int
+    pending: int
+
+
+class CommandOutcome(BaseModel):
     command_id: str
-    status: Literal["accepted"] = "accepted"
+    status: Literal["applied", "duplicate", "rejected", "pending"]
+    original_command_id: str | None = None
+    code: str | None = None
+    detail: str | None = None
+    events: list[dict[str, Any]] = []
+    balance: Balance | None = None
+    tier: str | None = None
+    position: str | None = None
 
 
 class Health(BaseModel):
@@ -43,9 +110,13 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             linger_ms=1,
         )
         app.state.offsets = offsets_consumer(settings.kafka_bootstrap, "loyalty-ledger-api")
+        app.state.replies = ReplyTracker(settings)
+        app.state.replies.start()
+        app.state.submitted = set()
         try:
             yield
         finally:
+            app.state.replies.stop()
             app.state.offsets.close()
             app.state.producer.close()
 
@@ -53,38 +124,99 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     install_problem_handlers(app)
 
     def submit(
-        request: Request,
-        response: Response,
-        member_id: str,
-        message: PurchaseMessage,
-        idempotency_key: str | None,
-    ) -> CommandAccepted:
+        request: Request, response: Response, body: AnyBody, member_id: str, key: str | None
+    ) -> CommandOutcome:
+        """Send the command and answer with the processor's decision, or 202 past the timeout."""
         command_id = (
-            str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{member_id}:{idempotency_key}"))
-            if idempotency_key
-            else str(uuid.uuid4())
+            str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{member_id}:{key}")) if key else str(uuid.uuid4())
         )
-        command = CommandMessage(command_id=command_id, correlation_id=command_id, body=message)
-        producer: KafkaProducer = request.app.state.producer
-        try:
-            producer.send(
-                settings.topic_commands, key=member_id.encode(), value=command.model_dump_json().encode()
-            ).get(timeout=settings.command_timeout_s)
-        except KafkaError as error:
-            raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
-        response.status_code = 202
-        response.headers["Location"] = f"/v1/commands/{command_id}"
-        return CommandAccepted(command_id=command_id)
+        replies: ReplyTracker = request.app.state.replies
+        reply = replies.get(command_id)
+        if reply is None:
+            _send(request, settings, command_id, member_id, body)
+            reply = replies.wait(command_id, settings.command_timeout_s)
+            if reply is None:
+                response.status_code = 202
+                response.headers["Location"] = f"/v1/commands/{command_id}"
+                return CommandOutcome(command_id=command_id, status="pending")
+        elif reply.status == "applied":  # a retry this instance can answer from what it saw
+            reply = reply.model_copy(update={"status": "duplicate", "original_command_id": command_id})
+        outcome = _outcome(reply)
+        if reply.status == "rejected":
+            raise Problem(
+                REJECTION_STATUS.get(reply.code or "", 409),
+                reply.code or "rejected",
+                "The command was rejected",
+                reply.detail or "",
+                command_id=command_id,
+                position=outcome.position,
+            )
+        response.status_code = 201 if reply.status == "applied" else 200
+        return outcome
 
-    @app.post("/v1/purchases", status_code=202, response_model=CommandAccepted)
+    @app.post("/v1/purchases", status_code=201, response_model=CommandOutcome)
     def post_purchase(
-        message: PurchaseMessage,
+        body: PurchaseMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+    ) -> CommandOutcome:
+        """Record a purchase: the member earns points on it (and is enrolled if new)."""
+        return submit(request, response, body, body.member_id, idempotency_key)
+
+    @app.post("/v1/refunds", status_code=201, response_model=CommandOutcome)
+    def post_refund(
+        body: RefundMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+    ) -> CommandOutcome:
+        """Refund part or all of a purchase: its points are reversed in proportion."""
+        return submit(request, response, body, body.member_id, idempotency_key)
+
+    @app.post("/v1/redemptions", status_code=201, response_model=CommandOutcome)
+    def post_redemption(
+        body: RedemptionRequest, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+    ) -> CommandOutcome:
+        """Redeem points, oldest lots first; 409 insufficient_points when the balance is short."""
+        command = RedemptionBody(**body.model_dump())
+        return submit(request, response, command, body.member_id, idempotency_key)
+
+    @app.post("/v1/redemptions/{redemption_id}/cancel", status_code=201, response_model=CommandOutcome)
+    def cancel_redemption(
+        redemption_id: Annotated[ExternalId, Path()],
+        body: CancelRequest,
         request: Request,
         response: Response,
-        idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
-    ) -> CommandAccepted:
-        """Record a purchase: the member earns points on it."""
-        return submit(request, response, message.member_id, message, idempotency_key)
+        idempotency_key: IdempotencyKey = None,
+    ) -> CommandOutcome:
+        """Cancel a redemption: the points go back to their lots, with their expiry."""
+        command = CancelBody(redemption_id=redemption_id, member_id=body.member_id)
+        return submit(request, response, command, body.member_id, idempotency_key)
+
+    @app.post("/v1/adjustments", status_code=201, response_model=CommandOutcome)
+    def post_adjustment(
+        body: AdjustmentRequest, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+    ) -> CommandOutcome:
+        """Add or remove points by hand, with a reason."""
+        command = AdjustmentBody(**body.model_dump(), actor=ANONYMOUS_ACTOR)
+        return submit(request, response, command, body.member_id, idempotency_key)
+
+    @app.put("/v1/members/{member_id}/tier", status_code=201, response_model=CommandOutcome)
+    def put_tier(
+        member_id: MemberIdPath,
+        body: TierRequest,
+        request: Request,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+    ) -> CommandOutcome:
+        """Set a member's tier by hand, with a reason."""
+        command = TierBody(member_id=member_id, tier=body.tier, reason=body.reason, actor=ANONYMOUS_ACTOR)
+        return submit(request, response, command, member_id, idempotency_key)
+
+    @app.get("/v1/commands/{command_id}", response_model=CommandOutcome)
+    def get_command(command_id: Annotated[str, Path(max_length=128)], request: Request) -> CommandOutcome:
+        """A command's status: pending until the processor has decided it."""
+        reply = request.app.state.replies.get(command_id)
+        if reply is not None:
+            return _outcome(reply)
+        if command_id in request.app.state.submitted:
+            return CommandOutcome(command_id=command_id, status="pending")
+        raise Problem(404, "command_not_found", "Unknown command", "no command with this id was seen here")
 
     @app.get("/healthz", response_model=Health)
     def healthz() -> Health:
@@ -103,3 +235,30 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         return Health(status="ready")
 
     return app
+
+
+def _send(request: Request, settings: LedgerSettings, command_id: str, member_id: str, body: AnyBody) -> None:
+    message = CommandMessage(
+        command_id=command_id, correlation_id=command_id, issued_at=datetime.now(UTC), body=body
+    )
+    try:
+        request.app.state.producer.send(
+            settings.topic_commands, key=member_id.encode(), value=message.model_dump_json().encode()
+        ).get(timeout=settings.command_timeout_s)
+    except KafkaError as error:
+        raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
+    request.app.state.submitted.add(command_id)
+
+
+def _outcome(reply: CommandReply) -> CommandOutcome:
+    return CommandOutcome(
+        command_id=reply.command_id,
+        status=reply.status,
+        original_command_id=reply.original_command_id,
+        code=reply.code,
+        detail=reply.detail,
+        events=reply.events,
+        balance=Balance(available=reply.available, pending=reply.pending),
+        tier=reply.tier or None,
+        position=encode_position(reply.member_id, reply.sequence) if reply.sequence else None,
+    )

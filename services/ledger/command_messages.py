@@ -1,24 +1,43 @@
-"""Records the processor consumes, turned into domain commands.
+"""Records the processor consumes, turned into domain commands, and the replies it writes.
 
 Two inputs carry commands: loyalty.purchases.v1 (bare inbound messages from commerce services)
-and loyalty.commands.v1 (messages from the ledger API, with a command id and correlation id).
+and loyalty.commands.v1 (from the ledger API and the scheduler, with a command id, a
+correlation id and the time the command was issued).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
-from schemas.inbound import InboundMessage, PurchaseMessage, RefundMessage
+from schemas.inbound import ExternalId, InboundMessage, MemberId, PurchaseMessage, RefundMessage
 from schemas.money import to_minor
-from services.ledger.domain.commands import Command, RecordPurchase
+from services.ledger.domain.commands import (
+    AdjustPoints,
+    CancelRedemption,
+    Command,
+    RecordPurchase,
+    RedeemPoints,
+    RefundPurchase,
+    SetTier,
+)
 
 M = TypeVar("M")
 
 INBOUND_NAMESPACE = uuid.UUID("0b5e0c9e-7d0a-4f55-8a0e-3f6f1f3f2c10")
+Points = Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 
 
 class InvalidRecord(Exception):
@@ -30,22 +49,103 @@ class InvalidRecord(Exception):
         self.message = message
 
 
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RedemptionBody(_Body):
+    type: Literal["redemption"] = "redemption"
+    redemption_id: ExternalId
+    member_id: MemberId
+    points: Annotated[int, Field(gt=0, le=1_000_000_000)]
+    reward: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class CancelBody(_Body):
+    type: Literal["redemption_cancel"] = "redemption_cancel"
+    redemption_id: ExternalId
+    member_id: MemberId
+
+
+class AdjustmentBody(_Body):
+    type: Literal["adjustment"] = "adjustment"
+    adjustment_id: ExternalId
+    member_id: MemberId
+    points: Points
+    reason: Text
+    actor: Text
+
+
+class TierBody(_Body):
+    type: Literal["tier_change"] = "tier_change"
+    member_id: MemberId
+    tier: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    reason: Text
+    actor: Text
+
+
+class TickBody(_Body):
+    """A clock tick for every member of the partition it is written to."""
+
+    type: Literal["tick"] = "tick"
+    now: AwareDatetime
+
+
+AnyBody = PurchaseMessage | RefundMessage | RedemptionBody | CancelBody | AdjustmentBody | TierBody | TickBody
+CommandBody = Annotated[AnyBody, Field(discriminator="type")]
+
+
 class CommandMessage(BaseModel):
     """The value of a loyalty.commands.v1 record."""
 
     model_config = ConfigDict(frozen=True)
 
+    command_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    correlation_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    issued_at: AwareDatetime
+    body: CommandBody
+
+
+class Tick(BaseModel):
+    """A parsed clock tick: not a member's command, it reaches every member that has something due."""
+
     command_id: str
     correlation_id: str
-    body: InboundMessage
+    now: datetime
+
+
+ReplyStatus = Literal["applied", "duplicate", "rejected"]
+
+
+class CommandReply(BaseModel):
+    """What the processor decided about a command from the API, written in the same transaction."""
+
+    command_id: str
+    member_id: str
+    status: ReplyStatus
+    original_command_id: str | None = None
+    code: str | None = None
+    detail: str | None = None
+    events: list[dict[str, Any]] = []
+    sequence: int
+    available: int
+    pending: int
+    tier: str
 
 
 _inbound: TypeAdapter[PurchaseMessage | RefundMessage] = TypeAdapter(InboundMessage)
+_command: TypeAdapter[CommandMessage] = TypeAdapter(CommandMessage)
 
 
-def parse_command_record(value: bytes | None) -> Command:
-    envelope = _validate(TypeAdapter(CommandMessage), value)
-    return to_command(envelope.body, envelope.command_id, envelope.correlation_id)
+def parse_command_record(value: bytes | None) -> Command | Tick:
+    message = _validate(_command, value)
+    if isinstance(message.body, TickBody):
+        return Tick(
+            command_id=message.command_id,
+            correlation_id=message.correlation_id,
+            now=message.body.now.astimezone(UTC),
+        )
+    return to_command(message.body, message.command_id, message.correlation_id, message.issued_at)
 
 
 def parse_inbound_record(value: bytes | None) -> Command:
@@ -57,24 +157,68 @@ def parse_inbound_record(value: bytes | None) -> Command:
         else f"refund:{message.refund_id}"
     )
     command_id = str(uuid.uuid5(INBOUND_NAMESPACE, f"{message.member_id}:{key}"))
-    return to_command(message, command_id, command_id)
+    return to_command(message, command_id, command_id, message.occurred_at)
 
 
-def to_command(message: BaseModel, command_id: str, correlation_id: str) -> Command:
-    if isinstance(message, PurchaseMessage):
-        return RecordPurchase(
-            command_id=command_id,
-            correlation_id=correlation_id,
-            member_id=message.member_id,
-            occurred_at=message.occurred_at.astimezone(UTC),
-            purchase_id=message.purchase_id,
-            amount_minor=to_minor(message.amount),
-            currency=message.currency,
-            store_id=message.store_id,
-            channel=message.channel,
-            items=tuple(message.items or ()),
-        )
-    raise InvalidRecord("unsupported_type", f"{type(message).__name__} is not handled yet")
+def to_command(body: BaseModel, command_id: str, correlation_id: str, issued_at: datetime) -> Command:
+    ids: dict[str, Any] = {"command_id": command_id, "correlation_id": correlation_id}
+    match body:
+        case PurchaseMessage():
+            return RecordPurchase(
+                **ids,
+                member_id=body.member_id,
+                occurred_at=body.occurred_at.astimezone(UTC),
+                purchase_id=body.purchase_id,
+                amount_minor=to_minor(body.amount),
+                currency=body.currency,
+                store_id=body.store_id,
+                channel=body.channel,
+                items=tuple(body.items or ()),
+            )
+        case RefundMessage():
+            return RefundPurchase(
+                **ids,
+                member_id=body.member_id,
+                occurred_at=body.occurred_at.astimezone(UTC),
+                refund_id=body.refund_id,
+                purchase_id=body.purchase_id,
+                amount_minor=to_minor(body.amount),
+            )
+    at = issued_at.astimezone(UTC)
+    match body:
+        case RedemptionBody():
+            return RedeemPoints(
+                **ids,
+                member_id=body.member_id,
+                occurred_at=at,
+                redemption_id=body.redemption_id,
+                points=body.points,
+                reward=body.reward,
+            )
+        case CancelBody():
+            return CancelRedemption(
+                **ids, member_id=body.member_id, occurred_at=at, redemption_id=body.redemption_id
+            )
+        case AdjustmentBody():
+            return AdjustPoints(
+                **ids,
+                member_id=body.member_id,
+                occurred_at=at,
+                adjustment_id=body.adjustment_id,
+                points=body.points,
+                reason=body.reason,
+                actor=body.actor,
+            )
+        case TierBody():
+            return SetTier(
+                **ids,
+                member_id=body.member_id,
+                occurred_at=at,
+                tier=body.tier,
+                reason=body.reason,
+                actor=body.actor,
+            )
+    raise InvalidRecord("unsupported_type", f"{type(body).__name__} is not a command")
 
 
 def _validate(adapter: TypeAdapter[M], value: bytes | None) -> M:
@@ -84,5 +228,6 @@ def _validate(adapter: TypeAdapter[M], value: bytes | None) -> M:
         return adapter.validate_json(value)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if part not in ("purchase", "refund")) or "value"
+        tags = {"purchase", "refund", "redemption", "redemption_cancel", "adjustment", "tier_change", "tick"}
+        where = ".".join(str(part) for part in first["loc"] if part not in tags) or "value"
         raise InvalidRecord("invalid_message", f"{where}: {first['msg']}") from None

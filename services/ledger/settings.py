@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from pydantic import Field
 
@@ -17,7 +18,12 @@ class LedgerSettings(KafkaSettings):
     processor_instance: str = Field(default_factory=socket.gethostname)
     processor_batch_max: int = Field(default=2000, ge=1)
     transaction_timeout_ms: int = Field(default=15_000, ge=1000)
+    # How soon the group notices a dead instance and hands its partitions to another.
+    processor_session_timeout_ms: int = Field(default=10_000, ge=6000)
     command_timeout_s: float = Field(default=5.0, gt=0)
+    # A TOML file of program rules; without one, the default program of the domain notes.
+    rules_file: Path | None = None
+    tick_interval_s: float = Field(default=60.0, gt=0)
 
     @property
     def transactional_id(self) -> str:

@@ -8,7 +8,18 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from schemas.events import Event, EventData, PointsEarned
+from schemas.events import (
+    Event,
+    EventData,
+    PointsAdjusted,
+    PointsEarned,
+    PointsExpired,
+    PointsMatured,
+    PointsRedeemed,
+    PointsRestored,
+    PointsReversed,
+    RedemptionCancelled,
+)
 
 
 @dataclass
@@ -18,7 +29,38 @@ class BalanceChange:
     last_sequence: int
     last_event_at: datetime
     available: int = 0
+    pending: int = 0
     lifetime_earned: int = 0
+    redeemed: int = 0
+    expired: int = 0
+    reversed: int = 0
+
+    def apply(self, data: EventData) -> None:
+        match data:
+            case PointsEarned():
+                self.lifetime_earned += data.points
+                if data.matures_at is None:
+                    self.available += data.points
+                else:
+                    self.pending += data.points
+            case PointsMatured():
+                self.pending -= data.points
+                self.available += data.points
+            case PointsReversed():
+                from_pending = sum(item.points for item in data.from_pending)
+                self.pending -= from_pending
+                self.available -= data.points - from_pending
+                self.reversed += data.points
+            case PointsRedeemed():
+                self.available -= data.points
+                self.redeemed += data.points
+            case RedemptionCancelled():
+                self.redeemed -= data.points
+            case PointsRestored() | PointsAdjusted():
+                self.available += data.points
+            case PointsExpired():
+                self.available -= data.points
+                self.expired += data.points
 
 
 @dataclass
@@ -59,13 +101,13 @@ def fold(events: list[Event | str], last_sequences: dict[str, int]) -> Folded:
             folded.duplicates += 1
             continue
         last_sequences[event.member_id] = event.sequence
+        folded.applied += 1
+        if event.member_id.startswith("$"):  # the program's own stream has no member rows
+            continue
         change = folded.balances.get(event.member_id)
         if change is None:
             change = folded.balances[event.member_id] = BalanceChange(event.sequence, event.occurred_at)
         change.last_sequence = event.sequence
         change.last_event_at = max(change.last_event_at, event.occurred_at)
-        if isinstance(event.data, PointsEarned):
-            change.available += event.data.points
-            change.lifetime_earned += event.data.points
-        folded.applied += 1
+        change.apply(event.data)
     return folded

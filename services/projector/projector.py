@@ -47,6 +47,7 @@ class Projector:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=settings.projector_batch_max,
+            metadata_max_age_ms=30_000,
         )
 
     def seek_to_checkpoints(self, assigned: list[TopicPartition]) -> None:
@@ -62,6 +63,9 @@ class Projector:
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
 
     def run(self, stop: threading.Event) -> None:
+        # Known topic metadata before joining: a group leader without it assigns nothing, and
+        # kafka-python would only notice at the next metadata refresh.
+        self._consumer.partitions_for_topic(self._settings.topic_events)
         self._consumer.subscribe([self._settings.topic_events], listener=_SeekToCheckpoint(self))
         log.info("projector started")
         try:

@@ -31,16 +31,31 @@ def write(conn: psycopg.Connection, folded: Folded, topic: str, next_offsets: di
     with conn.cursor() as cur:
         cur.executemany(
             """
-            INSERT INTO member_balances (member_id, available, lifetime_earned, last_sequence, last_event_at)
-            VALUES (%s, %s, %s, %s, %s)
+            INSERT INTO member_balances (member_id, available, pending, lifetime_earned, redeemed, expired,
+                                         reversed, last_sequence, last_event_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (member_id) DO UPDATE SET
                 available = member_balances.available + EXCLUDED.available,
+                pending = member_balances.pending + EXCLUDED.pending,
                 lifetime_earned = member_balances.lifetime_earned + EXCLUDED.lifetime_earned,
+                redeemed = member_balances.redeemed + EXCLUDED.redeemed,
+                expired = member_balances.expired + EXCLUDED.expired,
+                reversed = member_balances.reversed + EXCLUDED.reversed,
                 last_sequence = EXCLUDED.last_sequence,
                 last_event_at = GREATEST(member_balances.last_event_at, EXCLUDED.last_event_at)
             """,
             [
-                (member, change.available, change.lifetime_earned, change.last_sequence, change.last_event_at)
+                (
+                    member,
+                    change.available,
+                    change.pending,
+                    change.lifetime_earned,
+                    change.redeemed,
+                    change.expired,
+                    change.reversed,
+                    change.last_sequence,
+                    change.last_event_at,
+                )
                 for member, change in folded.balances.items()
             ],
         )

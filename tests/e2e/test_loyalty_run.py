@@ -84,7 +84,7 @@ def test_run_serves_purchases_and_keeps_balances_across_restarts(
         print(f"first start ready in {system.ready():.1f} s")
         sent = time.monotonic()
         response = httpx.post(f"{system.ledger}/v1/purchases", json=purchase("m-new", "ord-1", "129.90"))
-        assert response.status_code == 202, response.text
+        assert response.status_code == 201, response.text
         eventually(lambda: system.balance("m-new") == 129, timeout_s=30, what="balance 129")
         print(f"purchase visible in the balance after {time.monotonic() - sent:.2f} s")
         bootstrap = f"127.0.0.1:{run_env['LOYALTY_LOCAL_KAFKA_PORT']}"
@@ -101,7 +101,15 @@ def test_run_serves_purchases_and_keeps_balances_across_restarts(
         print(f"second start ready in {again.ready():.1f} s")
         assert again.balance("m-new") == 129
         assert again.balance("m-kafka") == 50
-        httpx.post(f"{again.ledger}/v1/purchases", json=purchase("m-new", "ord-3", "1.00"))
-        eventually(lambda: again.balance("m-new") == 130, timeout_s=30, what="balance 130")
+        response = httpx.post(
+            f"{again.ledger}/v1/purchases", json=purchase("m-new", "ord-3", "1.00"), timeout=30
+        )
+        assert response.status_code == 201, response.text
+        try:
+            eventually(lambda: again.balance("m-new") == 130, timeout_s=30, what="balance 130")
+        except AssertionError:
+            print(httpx.get(f"{again.read}/readyz").text)
+            print((tmp_path / "run.log").read_text()[-20000:])
+            raise
     finally:
         assert again.stop() == 0, (tmp_path / "run.log").read_text()[-3000:]

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from schemas.canonical import GENESIS_HASH, event_hash
+from schemas.rules import ProgramRules
 from services.ledger.api import create_app as create_ledger_app
-from services.ledger.domain.rules import Rules
 from services.ledger.partitioning import partition_for
 from services.ledger.processor import Processor
 from services.projector.api import create_app as create_read_app
@@ -27,7 +27,7 @@ def system(isolated: Isolated, running: Running) -> Iterator[tuple[TestClient, T
         TestClient(create_ledger_app(isolated.ledger())) as ledger,
         TestClient(create_read_app(isolated.projector())) as read,
     ):
-        running.start(Processor(isolated.ledger(), Rules()).run)
+        running.start(Processor(isolated.ledger(), ProgramRules()).run)
         running.start(Projector(isolated.projector()).run)
         yield ledger, read
 
@@ -42,8 +42,13 @@ def balance_of(read: TestClient, member_id: str, available: int) -> dict[str, in
 def test_http_purchase_becomes_a_balance(system: tuple[TestClient, TestClient]) -> None:
     ledger, read = system
     response = ledger.post("/v1/purchases", json=purchase("m-42", "ord-1001", "129.90"))
-    assert response.status_code == 202
-    assert response.headers["location"] == f"/v1/commands/{response.json()['command_id']}"
+    assert response.status_code == 201, response.text
+    outcome = response.json()
+    assert outcome["status"] == "applied"
+    assert [e["type"] for e in outcome["events"]] == ["MemberEnrolled", "PurchaseRecorded", "PointsEarned"]
+    assert outcome["balance"] == {"available": 129, "pending": 0}
+    assert outcome["tier"] == "regular"
+    assert ledger.get(f"/v1/commands/{outcome['command_id']}").json()["status"] == "applied"
     balance = eventually(lambda: balance_of(read, "m-42", 129), what="balance of 129")
     assert balance["lifetime_earned"] == 129
 
@@ -65,12 +70,15 @@ def test_events_are_chained_and_a_duplicate_purchase_earns_once(
 ) -> None:
     ledger, read = system
     settings = isolated.ledger()
-    for purchase_id, amount in (("o-1", "10.50"), ("o-2", "20.00"), ("o-1", "10.50")):
-        assert ledger.post("/v1/purchases", json=purchase("m-1", purchase_id, amount)).status_code == 202
+    statuses = [
+        ledger.post("/v1/purchases", json=purchase("m-1", purchase_id, amount)).status_code
+        for purchase_id, amount in (("o-1", "10.50"), ("o-2", "20.00"), ("o-1", "10.50"))
+    ]
+    assert statuses == [201, 201, 200]
     eventually(lambda: balance_of(read, "m-1", 30), what="balance of 30")
     events = events_of(settings.kafka_bootstrap, settings.topic_events, "m-1")
-    assert [e["type"] for e in events] == ["PurchaseRecorded", "PointsEarned"] * 2
-    assert [e["sequence"] for e in events] == [1, 2, 3, 4]
+    assert [e["type"] for e in events] == ["MemberEnrolled"] + ["PurchaseRecorded", "PointsEarned"] * 2
+    assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5]
     previous = GENESIS_HASH
     for event in events:
         assert event["prev_hash"] == previous
@@ -123,7 +131,7 @@ def test_a_misrouted_record_is_rerouted_to_the_members_partition(
     eventually(lambda: balance_of(read, "m-5", 7), what="rerouted balance")
     moved = [r for r in read_all(settings.kafka_bootstrap, settings.topic_purchases) if r.partition == home]
     assert [r.key for r in moved] == [b"m-5"]
-    events = read_all(settings.kafka_bootstrap, settings.topic_events)
+    events = [r for r in read_all(settings.kafka_bootstrap, settings.topic_events) if r.key == b"m-5"]
     assert {r.partition for r in events} == {home}
 
 

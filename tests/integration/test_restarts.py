@@ -7,7 +7,7 @@ import json
 import psycopg
 from fastapi.testclient import TestClient
 
-from services.ledger.domain.rules import Rules
+from schemas.rules import ProgramRules
 from services.ledger.processor import Processor
 from services.projector.api import create_app as create_read_app
 from services.projector.projector import Projector
@@ -19,7 +19,7 @@ from tests.waiting import eventually
 
 def test_a_restarted_processor_continues_each_members_chain(isolated: Isolated, running: Running) -> None:
     settings = isolated.ledger()
-    first = running.start(Processor(settings, Rules()).run)
+    first = running.start(Processor(settings, ProgramRules()).run)
     publish(
         settings.kafka_bootstrap,
         settings.topic_purchases,
@@ -27,12 +27,12 @@ def test_a_restarted_processor_continues_each_members_chain(isolated: Isolated, 
         json.dumps(purchase("m-1", "o-1", "3")).encode(),
     )
     eventually(
-        lambda: len(events_of(settings.kafka_bootstrap, settings.topic_events, "m-1")) == 2, what="2 events"
+        lambda: len(events_of(settings.kafka_bootstrap, settings.topic_events, "m-1")) == 3, what="3 events"
     )
     running.stop_all()
     assert first.is_set()
 
-    running.start(Processor(settings, Rules()).run)
+    running.start(Processor(settings, ProgramRules()).run)
     for purchase_id in ("o-1", "o-2"):  # o-1 again: the restored state remembers it
         publish(
             settings.kafka_bootstrap,
@@ -43,21 +43,21 @@ def test_a_restarted_processor_continues_each_members_chain(isolated: Isolated, 
     events = eventually(
         lambda: (
             (found := events_of(settings.kafka_bootstrap, settings.topic_events, "m-1"))
-            and len(found) >= 4
+            and len(found) >= 5
             and found
         ),
-        what="4 events",
+        what="5 events",
     )
-    assert [e["sequence"] for e in events] == [1, 2, 3, 4]
-    assert events[2]["prev_hash"] == events[1]["hash"]
-    assert [e["data"]["purchase_id"] for e in events] == ["o-1", "o-1", "o-2", "o-2"]
+    assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[3]["prev_hash"] == events[2]["hash"]
+    assert [e["data"].get("purchase_id") for e in events] == [None, "o-1", "o-1", "o-2", "o-2"]
 
 
 def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
     isolated: Isolated, running: Running
 ) -> None:
     ledger = isolated.ledger()
-    running.start(Processor(ledger, Rules()).run)
+    running.start(Processor(ledger, ProgramRules()).run)
     with TestClient(create_read_app(isolated.projector())) as read:
         running.start(Projector(isolated.projector()).run)
         publish(
@@ -92,7 +92,7 @@ def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
             b"m-2",
             json.dumps(purchase("m-2", "o-3", "5")).encode(),
         )
-        running.start(Processor(ledger, Rules()).run)
+        running.start(Processor(ledger, ProgramRules()).run)
         running.start(Projector(isolated.projector()).run)
         eventually(lambda: balance_of(read, "m-2", 16), what="balance 16 after restart")
 
@@ -100,4 +100,4 @@ def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
         row = conn.execute(
             "SELECT lifetime_earned, last_sequence FROM member_balances WHERE member_id = 'm-2'"
         )
-        assert row.fetchone() == (16, 6)
+        assert row.fetchone() == (16, 7)

@@ -32,7 +32,9 @@ def test_a_purchase_message_becomes_a_command_with_a_derived_id() -> None:
 
 
 def test_a_command_message_keeps_its_ids() -> None:
-    raw = json.dumps({"command_id": "c-1", "correlation_id": "r-1", "body": PURCHASE}).encode()
+    raw = json.dumps(
+        {"command_id": "c-1", "correlation_id": "r-1", "issued_at": "2026-11-25T00:00:00Z", "body": PURCHASE}
+    ).encode()
     command = parse_command_record(raw)
     assert (command.command_id, command.correlation_id) == ("c-1", "r-1")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from schemas.rules import ProgramRules
 from services.ledger.domain.account import Account
 from services.ledger.domain.chain import seal
 from services.ledger.domain.commands import RecordPurchase
 from services.ledger.domain.decide import decide
-from services.ledger.domain.rules import Rules
 from services.projector.fold import MALFORMED, UNKNOWN_TYPE, decode, fold
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
@@ -27,7 +27,7 @@ def events_for(member_id: str, amounts: list[int]) -> list[bytes]:
             amount_minor=amount,
             currency="CNY",
         )
-        account, events = seal(account, command, decide(account, command, Rules()), 1, NOW)
+        account, events = seal(account, command, decide(account, command, ProgramRules()), 1, NOW)
         raw.extend(event.to_bytes() for event in events)
     return raw
 
@@ -36,8 +36,8 @@ def test_events_at_or_below_the_applied_sequence_are_duplicates() -> None:
     raw = events_for("m-1", [1000, 2000, 3000])
     folded = fold([decode(r) for r in raw + raw[:2]], {"m-1": 2})
     assert folded.duplicates == 4
-    assert folded.balances["m-1"].available == 50
-    assert folded.balances["m-1"].last_sequence == 6
+    assert folded.balances["m-1"].available == 60
+    assert folded.balances["m-1"].last_sequence == 7
 
 
 def test_unknown_and_broken_events_are_counted_not_fatal() -> None:

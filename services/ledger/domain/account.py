@@ -1,13 +1,68 @@
-"""A member's account as the processor holds it, and how events change it."""
+"""A member's account as the processor holds it, and how each event changes it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from pydantic import TypeAdapter
 
 from schemas.canonical import GENESIS_HASH
-from schemas.events import Event, PointsEarned, PurchaseRecorded
+from schemas.events import (
+    CommandRejected,
+    Event,
+    LotPoints,
+    MemberEnrolled,
+    PointsAdjusted,
+    PointsEarned,
+    PointsExpired,
+    PointsMatured,
+    PointsRedeemed,
+    PointsRestored,
+    PointsReversed,
+    ProgramRulesChanged,
+    PurchaseRecorded,
+    PurchaseRefunded,
+    RedemptionCancelled,
+    TierChanged,
+    TierRetained,
+)
+from services.ledger.domain import lots as lot_ops
+from services.ledger.domain.lots import Lot, PendingLot
+
+# Command ids remembered per member for HTTP idempotency; business ids are remembered for good.
+OUTCOME_MEMORY = 256
+
+
+@dataclass(frozen=True)
+class Purchase:
+    command_id: str
+    amount_minor: int
+    occurred_at: datetime
+    refunded_minor: int = 0
+    points_earned: int = 0
+    points_reversed: int = 0
+
+    @property
+    def qualifying_minor(self) -> int:
+        return self.amount_minor - self.refunded_minor
+
+
+@dataclass(frozen=True)
+class Redemption:
+    command_id: str
+    points: int
+    from_lots: tuple[LotPoints, ...]
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a command did: the sequences of its events, and whether it was rejected."""
+
+    first_sequence: int
+    last_sequence: int
+    rejected: bool = False
 
 
 @dataclass(frozen=True)
@@ -15,29 +70,173 @@ class Account:
     member_id: str
     sequence: int = 0
     last_hash: str = GENESIS_HASH
-    available: int = 0
+    enrolled: bool = False
+    tier: str = ""
+    next_evaluation_at: datetime | None = None
+    lots: tuple[Lot, ...] = ()
+    pending: tuple[PendingLot, ...] = ()
+    # Points reversed after they were spent: the balance is below zero by this much.
+    debt: int = 0
     lifetime_earned: int = 0
-    # purchase_id -> amount in minor units: idempotency memory, and the base for refunds.
-    purchases: dict[str, int] = field(default_factory=dict)
+    redeemed: int = 0
+    expired: int = 0
+    reversed: int = 0
+    adjusted: int = 0
+    purchases: dict[str, Purchase] = field(default_factory=dict)
+    # Business ids of refunds and adjustments -> the command that did them.
+    refunds: dict[str, str] = field(default_factory=dict)
+    redemptions: dict[str, Redemption] = field(default_factory=dict)
+    adjustments: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    rules_version: int = 0
+    rules_fingerprint: str = ""
 
     @classmethod
     def new(cls, member_id: str) -> Account:
         return cls(member_id=member_id)
 
+    @property
+    def available(self) -> int:
+        return sum(lot.points for lot in self.lots) - self.debt
+
+    @property
+    def pending_points(self) -> int:
+        return sum(lot.points for lot in self.pending)
+
+    def next_due(self) -> datetime | None:
+        """The next instant a clock tick has something to do for this member."""
+        moments = [lot.expires_at for lot in self.lots[:1]]
+        moments += [lot.matures_at for lot in self.pending]
+        if self.next_evaluation_at is not None:
+            moments.append(self.next_evaluation_at)
+        return min(moments, default=None)
+
 
 def evolve(account: Account, event: Event) -> Account:
     """The account after one of its events. Never fails: events are facts."""
-    account = replace(account, sequence=event.sequence, last_hash=event.hash)
+    known = account.outcomes.get(event.command_id)
+    outcome = Outcome(
+        first_sequence=known.first_sequence if known else event.sequence,
+        last_sequence=event.sequence,
+        rejected=isinstance(event.data, CommandRejected),
+    )
+    outcomes = {key: value for key, value in account.outcomes.items() if key != event.command_id}
+    outcomes[event.command_id] = outcome
+    if len(outcomes) > OUTCOME_MEMORY:
+        outcomes.pop(next(iter(outcomes)))
+    account = replace(account, sequence=event.sequence, last_hash=event.hash, outcomes=outcomes)
+    return _apply(account, event)
+
+
+def _apply(account: Account, event: Event) -> Account:
     data = event.data
-    if isinstance(data, PurchaseRecorded):
-        return replace(account, purchases={**account.purchases, data.purchase_id: data.amount_minor})
-    if isinstance(data, PointsEarned):
-        return replace(
-            account,
-            available=account.available + data.points,
-            lifetime_earned=account.lifetime_earned + data.points,
-        )
+    match data:
+        case MemberEnrolled():
+            return replace(account, enrolled=True, tier=data.tier)
+        case PurchaseRecorded():
+            purchase = Purchase(
+                command_id=event.command_id, amount_minor=data.amount_minor, occurred_at=event.occurred_at
+            )
+            return replace(account, purchases={**account.purchases, data.purchase_id: purchase})
+        case PointsEarned():
+            account = _update_purchase(account, data.purchase_id, earned=data.points)
+            account = replace(account, lifetime_earned=account.lifetime_earned + data.points)
+            if data.matures_at is not None:
+                pending = PendingLot(data.lot_id, data.points, data.expires_at, data.matures_at)
+                return replace(account, pending=(*account.pending, pending))
+            return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
+        case PointsMatured():
+            matured = next(lot for lot in account.pending if lot.lot_id == data.lot_id)
+            account = replace(
+                account, pending=tuple(lot for lot in account.pending if lot.lot_id != data.lot_id)
+            )
+            return _credit(account, data.lot_id, data.points, data.debt_repaid, matured.expires_at)
+        case PurchaseRefunded():
+            purchase = account.purchases[data.purchase_id]
+            purchases = {
+                **account.purchases,
+                data.purchase_id: replace(purchase, refunded_minor=data.refunded_total_minor),
+            }
+            return replace(
+                account, purchases=purchases, refunds={**account.refunds, data.refund_id: event.command_id}
+            )
+        case PointsReversed():
+            reduced = tuple(
+                replace(
+                    lot,
+                    points=lot.points - sum(t.points for t in data.from_pending if t.lot_id == lot.lot_id),
+                )
+                for lot in account.pending
+            )
+            account = _update_purchase(account, data.purchase_id, reversed_=data.points)
+            return replace(
+                account,
+                pending=tuple(lot for lot in reduced if lot.points > 0),
+                lots=lot_ops.remove(account.lots, data.from_lots),
+                debt=account.debt + data.debt_added,
+                reversed=account.reversed + data.points,
+            )
+        case PointsRedeemed():
+            redemption = Redemption(command_id=event.command_id, points=data.points, from_lots=data.from_lots)
+            return replace(
+                account,
+                lots=lot_ops.remove(account.lots, data.from_lots),
+                redeemed=account.redeemed + data.points,
+                redemptions={**account.redemptions, data.redemption_id: redemption},
+            )
+        case RedemptionCancelled():
+            cancelled = replace(account.redemptions[data.redemption_id], cancelled=True)
+            return replace(
+                account,
+                redeemed=account.redeemed - data.points,
+                redemptions={**account.redemptions, data.redemption_id: cancelled},
+            )
+        case PointsRestored():
+            return replace(
+                account, lots=lot_ops.add(account.lots, data.to_lots), debt=account.debt - data.debt_repaid
+            )
+        case PointsAdjusted():
+            account = replace(
+                account,
+                adjusted=account.adjusted + data.points,
+                adjustments={**account.adjustments, data.adjustment_id: event.command_id},
+            )
+            if data.points > 0 and data.lot_id is not None and data.expires_at is not None:
+                return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
+            return replace(account, lots=lot_ops.remove(account.lots, data.from_lots))
+        case PointsExpired():
+            return replace(
+                account, lots=lot_ops.remove(account.lots, data.lots), expired=account.expired + data.points
+            )
+        case TierChanged():
+            return replace(account, tier=data.to_tier, next_evaluation_at=data.next_evaluation_at)
+        case TierRetained():
+            return replace(account, next_evaluation_at=data.next_evaluation_at)
+        case ProgramRulesChanged():
+            return replace(account, rules_version=data.version, rules_fingerprint=data.fingerprint)
     return account
+
+
+def _credit(account: Account, lot_id: str, points: int, debt_repaid: int, expires_at: datetime) -> Account:
+    """Points become available: the debt is paid first, the rest opens a lot."""
+    account = replace(account, debt=account.debt - debt_repaid)
+    remaining = points - debt_repaid
+    if remaining <= 0:
+        return account
+    return replace(
+        account,
+        lots=lot_ops.add(account.lots, [LotPoints(lot_id=lot_id, points=remaining, expires_at=expires_at)]),
+    )
+
+
+def _update_purchase(account: Account, purchase_id: str, earned: int = 0, reversed_: int = 0) -> Account:
+    purchase = account.purchases[purchase_id]
+    updated = replace(
+        purchase,
+        points_earned=purchase.points_earned + earned,
+        points_reversed=purchase.points_reversed + reversed_,
+    )
+    return replace(account, purchases={**account.purchases, purchase_id: updated})
 
 
 _codec: TypeAdapter[Account] = TypeAdapter(Account)

@@ -18,13 +18,14 @@ def seal(
 ) -> tuple[Account, list[Event]]:
     """Number, chain and identify the events, and fold them into the account.
 
-    Ids come from the command id and the event's index, so a retried decision produces
+    Ids come from the command id, the member (a clock tick reaches many) and the event's index,
+    so a retried decision produces
     byte-identical events; `recorded_at` is the input record's timestamp for the same reason.
     """
     events = []
     for index, data in enumerate(decided):
         document = {
-            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{command.command_id}:{index}")),
+            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{command.command_id}:{account.member_id}:{index}")),
             "type": type(data).__name__,
             "schema_version": data.SCHEMA_VERSION,
             "member_id": account.member_id,

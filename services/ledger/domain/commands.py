@@ -24,3 +24,47 @@ class RecordPurchase(Command):
     store_id: str | None = None
     channel: str | None = None
     items: tuple[PurchaseItem, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefundPurchase(Command):
+    refund_id: str
+    purchase_id: str
+    amount_minor: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedeemPoints(Command):
+    redemption_id: str
+    points: int
+    reward: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRedemption(Command):
+    redemption_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdjustPoints(Command):
+    adjustment_id: str
+    points: int
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetTier(Command):
+    tier: str
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdvanceClock(Command):
+    """A clock tick reaching one member: expire lots, mature pending points, evaluate the tier."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordRules(Command):
+    """Record the rules in force in the program's own stream, when they differ from the last."""

@@ -1,39 +1,372 @@
-"""decide(account, command, rules) -> event data: the ledger's only decision function."""
+"""decide(account, command, rules) -> event data: the ledger's only decision function.
+
+Each handler checks first and raises a LedgerError, or returns the complete list of what
+happens; it never mutates the account. An empty list means the command was already decided.
+"""
 
 from __future__ import annotations
 
 from functools import singledispatch
 
-from schemas.events import EventData, PointsEarned, PurchaseRecorded
-from services.ledger.domain.account import Account
-from services.ledger.domain.commands import Command, RecordPurchase
-from services.ledger.domain.rules import Rules
+from schemas.events import (
+    EventData,
+    LotPoints,
+    MemberEnrolled,
+    PointsAdjusted,
+    PointsEarned,
+    PointsExpired,
+    PointsMatured,
+    PointsRedeemed,
+    PointsRestored,
+    PointsReversed,
+    ProgramRulesChanged,
+    PurchaseRecorded,
+    PurchaseRefunded,
+    RedemptionCancelled,
+    TierChanged,
+    TierRetained,
+)
+from schemas.rules import ProgramRules
+from services.ledger.domain import lots as lot_ops
+from services.ledger.domain.account import Account, Purchase
+from services.ledger.domain.calendar import add_days, add_months
+from services.ledger.domain.commands import (
+    AdjustPoints,
+    AdvanceClock,
+    CancelRedemption,
+    Command,
+    RecordPurchase,
+    RecordRules,
+    RedeemPoints,
+    RefundPurchase,
+    SetTier,
+)
+from services.ledger.domain.earning import points_for
+from services.ledger.domain.errors import (
+    InsufficientPoints,
+    InvalidAmount,
+    RefundExceedsPurchase,
+    RulesChangedWithoutNewVersion,
+    UnknownMember,
+    UnknownPurchase,
+    UnknownRedemption,
+    UnknownTier,
+)
+from services.ledger.domain.tiers import current_index, qualified_index, window_at
 
 
-def decide(account: Account, command: Command, rules: Rules) -> list[EventData]:
-    """The complete list of what happens, or a LedgerError; an empty list for a duplicate."""
+def decide(account: Account, command: Command, rules: ProgramRules) -> list[EventData]:
+    if original_command(account, command) is not None:
+        return []
     return _decide(command, account, rules)
 
 
+def original_command(account: Account, command: Command) -> str | None:
+    """The id of the command that already did what `command` asks, if any."""
+    if command.command_id in account.outcomes:
+        return command.command_id
+    match command:
+        case RecordPurchase() if command.purchase_id in account.purchases:
+            return account.purchases[command.purchase_id].command_id
+        case RefundPurchase() if command.refund_id in account.refunds:
+            return account.refunds[command.refund_id]
+        case RedeemPoints() if command.redemption_id in account.redemptions:
+            return account.redemptions[command.redemption_id].command_id
+        case AdjustPoints() if command.adjustment_id in account.adjustments:
+            return account.adjustments[command.adjustment_id]
+    return None
+
+
 @singledispatch
-def _decide(command: Command, account: Account, rules: Rules) -> list[EventData]:
+def _decide(command: Command, account: Account, rules: ProgramRules) -> list[EventData]:
     raise TypeError(f"no decision for {type(command).__name__}")
 
 
 @_decide.register
-def _purchase(command: RecordPurchase, account: Account, rules: Rules) -> list[EventData]:
-    if command.purchase_id in account.purchases:
-        return []
-    recorded = PurchaseRecorded(
-        purchase_id=command.purchase_id,
-        amount_minor=command.amount_minor,
-        currency=command.currency,
-        store_id=command.store_id,
-        channel=command.channel,
-        items=command.items,
+def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) -> list[EventData]:
+    events: list[EventData] = []
+    if not account.enrolled:
+        events.append(MemberEnrolled(via="purchase", tier=rules.tiers[0].name))
+    tier_index = current_index(account, rules)
+    events.append(
+        PurchaseRecorded(
+            purchase_id=command.purchase_id,
+            amount_minor=command.amount_minor,
+            currency=command.currency,
+            store_id=command.store_id,
+            channel=command.channel,
+            items=command.items,
+        )
     )
-    # Floor per purchase: 129.90 CNY earns 129 points.
-    points = command.amount_minor * rules.points_per_cny // 100
-    if points == 0:
-        return [recorded]
-    return [recorded, PointsEarned(purchase_id=command.purchase_id, points=points, rule="base")]
+    # The tier in force when the purchase is made sets its multiplier; a promotion it causes
+    # counts from the next purchase.
+    points, rule = points_for(command, rules.tiers[tier_index], rules)
+    if points > 0:
+        pending = rules.pending_days > 0
+        events.append(
+            PointsEarned(
+                purchase_id=command.purchase_id,
+                lot_id=f"purchase:{command.purchase_id}",
+                points=points,
+                expires_at=add_months(command.occurred_at, rules.expiry_months),
+                matures_at=add_days(command.occurred_at, rules.pending_days) if pending else None,
+                debt_repaid=0 if pending else min(account.debt, points),
+                rule=rule,
+            )
+        )
+    purchases = {
+        **account.purchases,
+        command.purchase_id: Purchase(
+            command_id=command.command_id, amount_minor=command.amount_minor, occurred_at=command.occurred_at
+        ),
+    }
+    window = window_at(purchases, command.occurred_at, rules)
+    qualified = qualified_index(window, rules)
+    if qualified > tier_index:
+        events.append(
+            TierChanged(
+                from_tier=rules.tiers[tier_index].name,
+                to_tier=rules.tiers[qualified].name,
+                reason="promotion",
+                qualifying_spend_minor=window.spend_minor,
+                purchase_count=window.purchases,
+                next_evaluation_at=add_months(command.occurred_at, rules.evaluation_months),
+            )
+        )
+    return events
+
+
+@_decide.register
+def _refund(command: RefundPurchase, account: Account, rules: ProgramRules) -> list[EventData]:
+    purchase = account.purchases.get(command.purchase_id)
+    if purchase is None:
+        raise UnknownPurchase(f"member has no purchase {command.purchase_id!r}")
+    if command.amount_minor <= 0:
+        raise InvalidAmount("a refund amount must be positive")
+    refundable = purchase.amount_minor - purchase.refunded_minor
+    if command.amount_minor > refundable:
+        raise RefundExceedsPurchase(
+            f"refund of {command.amount_minor} exceeds the {refundable} still refundable "
+            f"on {command.purchase_id!r}"
+        )
+    refunded_total = purchase.refunded_minor + command.amount_minor
+    events: list[EventData] = [
+        PurchaseRefunded(
+            refund_id=command.refund_id,
+            purchase_id=command.purchase_id,
+            amount_minor=command.amount_minor,
+            refunded_total_minor=refunded_total,
+        )
+    ]
+    # Cumulative proportion, so that repeated partial refunds add up to exactly what was earned.
+    to_reverse = purchase.points_earned * refunded_total // purchase.amount_minor - purchase.points_reversed
+    if to_reverse > 0:
+        events.append(_reversal(account, command, to_reverse))
+    return events
+
+
+def _reversal(account: Account, command: RefundPurchase, points: int) -> PointsReversed:
+    """Take the points back: still-pending ones first, then the purchase's own lot, then the oldest lots.
+
+    Whatever cannot be taken was already spent; it becomes debt, and the balance goes below zero.
+    """
+    lot_id = f"purchase:{command.purchase_id}"
+    pending = [
+        LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)
+        for lot in account.pending
+        if lot.lot_id == lot_id
+    ]
+    from_pending, _ = lot_ops.split_front(pending, points)
+    remaining = points - sum(item.points for item in from_pending)
+    own_first = sorted(account.lots, key=lambda lot: lot.lot_id != lot_id)
+    from_lots = lot_ops.take_oldest(tuple(own_first), remaining)
+    remaining -= sum(item.points for item in from_lots)
+    return PointsReversed(
+        refund_id=command.refund_id,
+        purchase_id=command.purchase_id,
+        points=points,
+        from_pending=from_pending,
+        from_lots=from_lots,
+        debt_added=remaining,
+    )
+
+
+@_decide.register
+def _redeem(command: RedeemPoints, account: Account, rules: ProgramRules) -> list[EventData]:
+    _require_member(account)
+    if command.points <= 0:
+        raise InvalidAmount("a redemption needs a positive number of points")
+    if command.points > account.available:
+        raise InsufficientPoints(f"{command.points} points requested, {max(account.available, 0)} available")
+    return [
+        PointsRedeemed(
+            redemption_id=command.redemption_id,
+            points=command.points,
+            reward=command.reward,
+            value_minor=command.points * rules.redemption_value_minor_per_point,
+            from_lots=lot_ops.take_oldest(account.lots, command.points),
+        )
+    ]
+
+
+@_decide.register
+def _cancel(command: CancelRedemption, account: Account, rules: ProgramRules) -> list[EventData]:
+    redemption = account.redemptions.get(command.redemption_id)
+    if redemption is None:
+        raise UnknownRedemption(f"member has no redemption {command.redemption_id!r}")
+    if redemption.cancelled:
+        return []
+    now = command.occurred_at
+    returned = sorted(redemption.from_lots, key=lambda item: (item.expires_at, item.lot_id))
+    # Only points still alive repay a debt; those of a lot that expired meanwhile go back to it
+    # and straight on to expiry.
+    live = [item for item in returned if item.expires_at > now]
+    repaying, restored = lot_ops.split_front(live, account.debt)
+    to_lots = tuple(
+        sorted(
+            [*restored, *(item for item in returned if item.expires_at <= now)],
+            key=lambda item: (item.expires_at, item.lot_id),
+        )
+    )
+    events: list[EventData] = [
+        RedemptionCancelled(redemption_id=command.redemption_id, points=redemption.points),
+        PointsRestored(
+            redemption_id=command.redemption_id,
+            points=redemption.points,
+            to_lots=to_lots,
+            debt_repaid=sum(item.points for item in repaying),
+        ),
+    ]
+    lapsed = tuple(item for item in to_lots if item.expires_at <= now)
+    if lapsed:
+        events.append(PointsExpired(points=sum(item.points for item in lapsed), lots=lapsed))
+    return events
+
+
+@_decide.register
+def _adjust(command: AdjustPoints, account: Account, rules: ProgramRules) -> list[EventData]:
+    _require_member(account)
+    if command.points == 0:
+        raise InvalidAmount("an adjustment needs a non-zero number of points")
+    if command.points > 0:
+        return [
+            PointsAdjusted(
+                adjustment_id=command.adjustment_id,
+                points=command.points,
+                reason=command.reason,
+                actor=command.actor,
+                lot_id=f"adjustment:{command.adjustment_id}",
+                expires_at=add_months(command.occurred_at, rules.expiry_months),
+                debt_repaid=min(account.debt, command.points),
+            )
+        ]
+    if -command.points > account.available:
+        raise InsufficientPoints(
+            f"cannot remove {-command.points} points, {max(account.available, 0)} available"
+        )
+    return [
+        PointsAdjusted(
+            adjustment_id=command.adjustment_id,
+            points=command.points,
+            reason=command.reason,
+            actor=command.actor,
+            from_lots=lot_ops.take_oldest(account.lots, -command.points),
+        )
+    ]
+
+
+@_decide.register
+def _set_tier(command: SetTier, account: Account, rules: ProgramRules) -> list[EventData]:
+    _require_member(account)
+    names = [tier.name for tier in rules.tiers]
+    if command.tier not in names:
+        raise UnknownTier(f"unknown tier {command.tier!r}; the tiers are {', '.join(names)}")
+    current = rules.tiers[current_index(account, rules)].name
+    if command.tier == current:
+        return []
+    window = window_at(account.purchases, command.occurred_at, rules)
+    return [
+        TierChanged(
+            from_tier=current,
+            to_tier=command.tier,
+            reason="manual",
+            qualifying_spend_minor=window.spend_minor,
+            purchase_count=window.purchases,
+            next_evaluation_at=(
+                add_months(command.occurred_at, rules.evaluation_months) if command.tier != names[0] else None
+            ),
+            note=command.reason,
+            actor=command.actor,
+        )
+    ]
+
+
+@_decide.register
+def _advance_clock(command: AdvanceClock, account: Account, rules: ProgramRules) -> list[EventData]:
+    now = command.occurred_at
+    events: list[EventData] = []
+    debt = account.debt
+    matured: list[LotPoints] = []
+    for lot in sorted(account.pending, key=lambda lot: (lot.matures_at, lot.lot_id)):
+        if lot.matures_at <= now:
+            repaid = min(debt, lot.points)
+            debt -= repaid
+            events.append(PointsMatured(lot_id=lot.lot_id, points=lot.points, debt_repaid=repaid))
+            matured.append(
+                LotPoints(lot_id=lot.lot_id, points=lot.points - repaid, expires_at=lot.expires_at)
+            )
+    lapsed = tuple(
+        LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)
+        for lot in lot_ops.add(account.lots, matured)
+        if lot.expires_at <= now
+    )
+    if lapsed:
+        events.append(PointsExpired(points=sum(item.points for item in lapsed), lots=lapsed))
+    evaluation = account.next_evaluation_at
+    tier_index = current_index(account, rules)
+    if evaluation is not None and evaluation <= now and tier_index > 0:
+        window = window_at(account.purchases, evaluation, rules)
+        following = add_months(evaluation, rules.evaluation_months)
+        if qualified_index(window, rules) < tier_index:
+            events.append(
+                TierChanged(
+                    from_tier=rules.tiers[tier_index].name,
+                    to_tier=rules.tiers[tier_index - 1].name,
+                    reason="demotion",
+                    qualifying_spend_minor=window.spend_minor,
+                    purchase_count=window.purchases,
+                    next_evaluation_at=following if tier_index > 1 else None,
+                )
+            )
+        else:
+            events.append(
+                TierRetained(
+                    tier=rules.tiers[tier_index].name,
+                    qualifying_spend_minor=window.spend_minor,
+                    purchase_count=window.purchases,
+                    next_evaluation_at=following,
+                )
+            )
+    return events
+
+
+@_decide.register
+def _record_rules(command: RecordRules, account: Account, rules: ProgramRules) -> list[EventData]:
+    fingerprint = rules.fingerprint()
+    if rules.version == account.rules_version and fingerprint == account.rules_fingerprint:
+        return []
+    if rules.version <= account.rules_version:
+        raise RulesChangedWithoutNewVersion(
+            f"the rules differ from version {account.rules_version} recorded in the log; "
+            "give them a new version"
+        )
+    return [
+        ProgramRulesChanged(
+            version=rules.version, fingerprint=fingerprint, rules=rules.model_dump(mode="json")
+        )
+    ]
+
+
+def _require_member(account: Account) -> None:
+    if not account.enrolled:
+        raise UnknownMember(f"no member {account.member_id!r}")

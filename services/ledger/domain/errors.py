@@ -5,3 +5,39 @@ from __future__ import annotations
 
 class LedgerError(Exception):
     code = "ledger_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InsufficientPoints(LedgerError):
+    code = "insufficient_points"
+
+
+class RefundExceedsPurchase(LedgerError):
+    code = "refund_exceeds_purchase"
+
+
+class UnknownPurchase(LedgerError):
+    code = "unknown_purchase"
+
+
+class UnknownRedemption(LedgerError):
+    code = "unknown_redemption"
+
+
+class UnknownMember(LedgerError):
+    code = "unknown_member"
+
+
+class UnknownTier(LedgerError):
+    code = "unknown_tier"
+
+
+class RulesChangedWithoutNewVersion(LedgerError):
+    code = "rules_changed_without_new_version"
+
+
+class InvalidAmount(LedgerError):
+    code = "invalid_amount"

@@ -1,0 +1,78 @@
+"""Point lots: every earning is a lot with its own expiry; spending takes the oldest first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from schemas.events import LotPoints
+
+
+@dataclass(frozen=True)
+class Lot:
+    lot_id: str
+    points: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingLot:
+    lot_id: str
+    points: int
+    expires_at: datetime
+    matures_at: datetime
+
+
+def oldest_first(lots: Iterable[Lot]) -> tuple[Lot, ...]:
+    return tuple(sorted(lots, key=lambda lot: (lot.expires_at, lot.lot_id)))
+
+
+def take_oldest(lots: tuple[Lot, ...], points: int) -> tuple[LotPoints, ...]:
+    """Which lots `points` come out of, soonest to expire first; the caller has checked there is enough."""
+    takes = []
+    for lot in lots:
+        if points <= 0:
+            break
+        taken = min(lot.points, points)
+        takes.append(LotPoints(lot_id=lot.lot_id, points=taken, expires_at=lot.expires_at))
+        points -= taken
+    return tuple(takes)
+
+
+def remove(lots: tuple[Lot, ...], takes: Iterable[LotPoints]) -> tuple[Lot, ...]:
+    taken: dict[str, int] = {}
+    for take in takes:
+        taken[take.lot_id] = taken.get(take.lot_id, 0) + take.points
+    kept = (replace(lot, points=lot.points - taken.get(lot.lot_id, 0)) for lot in lots)
+    return tuple(lot for lot in kept if lot.points > 0)
+
+
+def add(lots: tuple[Lot, ...], returned: Iterable[LotPoints]) -> tuple[Lot, ...]:
+    """Give points back to their lots, re-opening a lot that had been emptied."""
+    by_id = {lot.lot_id: lot for lot in lots}
+    for item in returned:
+        if item.points <= 0:
+            continue
+        known = by_id.get(item.lot_id)
+        by_id[item.lot_id] = (
+            replace(known, points=known.points + item.points)
+            if known
+            else Lot(lot_id=item.lot_id, points=item.points, expires_at=item.expires_at)
+        )
+    return oldest_first(by_id.values())
+
+
+def split_front(
+    items: Iterable[LotPoints], points: int
+) -> tuple[tuple[LotPoints, ...], tuple[LotPoints, ...]]:
+    """The first `points` of `items` (in order), and what is left of them."""
+    front, rest = [], []
+    for item in items:
+        taken = min(item.points, max(points, 0))
+        points -= taken
+        if taken:
+            front.append(item.model_copy(update={"points": taken}))
+        if item.points - taken:
+            rest.append(item.model_copy(update={"points": item.points - taken}))
+    return tuple(front), tuple(rest)

@@ -1,0 +1,38 @@
+"""Tier qualification over the rolling window of qualifying spend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.rules import ProgramRules
+from services.ledger.domain.account import Account, Purchase
+from services.ledger.domain.calendar import add_months
+
+
+@dataclass(frozen=True)
+class Window:
+    spend_minor: int
+    purchases: int
+
+
+def window_at(purchases: dict[str, Purchase], moment: datetime, rules: ProgramRules) -> Window:
+    """Qualifying spend and purchase count in (moment - window, moment]; refunded spend does not count."""
+    start = add_months(moment, -rules.qualifying_window_months)
+    counted = [p for p in purchases.values() if start < p.occurred_at <= moment and p.qualifying_minor > 0]
+    return Window(spend_minor=sum(p.qualifying_minor for p in counted), purchases=len(counted))
+
+
+def qualified_index(window: Window, rules: ProgramRules) -> int:
+    """The highest tier the window qualifies for."""
+    best = 0
+    for index, tier in enumerate(rules.tiers):
+        if window.spend_minor >= tier.qualifying_minor and window.purchases >= tier.min_purchases:
+            best = index
+    return best
+
+
+def current_index(account: Account, rules: ProgramRules) -> int:
+    """The account's tier in the rules in force; a tier the rules no longer have counts as the entry tier."""
+    names = [tier.name for tier in rules.tiers]
+    return names.index(account.tier) if account.tier in names else 0

@@ -1,0 +1,96 @@
+"""The ledger API's view of the processor's answers, followed from the replies topic.
+
+Replies are written in the same Kafka transaction as the events they describe and read with
+read_committed, so an answer is never given for a decision that was rolled back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+from kafka import KafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from services.ledger.command_messages import CommandReply
+from services.ledger.settings import LedgerSettings
+
+log = logging.getLogger(__name__)
+
+REMEMBERED = 100_000
+
+
+class ReplyTracker:
+    def __init__(self, settings: LedgerSettings) -> None:
+        self._topic = settings.topic_replies
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=None,
+            client_id="loyalty-ledger-api-replies",
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        self._replies: OrderedDict[str, CommandReply] = OrderedDict()
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="reply-tracker", daemon=True)
+
+    def start(self) -> None:
+        """Start at the end of the topic; positions are fixed before any command is sent."""
+        deadline = time.monotonic() + 30
+        while not (partitions := self._consumer.partitions_for_topic(self._topic) or set()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {self._topic} has no partitions")
+            time.sleep(0.2)
+        tps = [TopicPartition(self._topic, partition) for partition in sorted(partitions)]
+        self._consumer.assign(tps)
+        self._consumer.seek_to_end(*tps)
+        for tp in tps:
+            self._consumer.position(tp)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+    def get(self, command_id: str) -> CommandReply | None:
+        with self._changed:
+            return self._replies.get(command_id)
+
+    def wait(self, command_id: str, timeout_s: float) -> CommandReply | None:
+        with self._changed:
+            self._changed.wait_for(lambda: command_id in self._replies, timeout=timeout_s)
+            return self._replies.get(command_id)
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._consumer.poll(timeout_ms=100)
+            except Exception:  # keep following: a missed reply only turns an answer into a 202
+                log.exception("reading replies failed")
+                self._stop.wait(1)
+                continue
+            replies = []
+            for records in batch.values():
+                for record in records:
+                    try:
+                        replies.append(CommandReply.model_validate_json(record.value))
+                    except ValidationError:
+                        log.error(
+                            "unreadable reply", extra={"partition": record.partition, "offset": record.offset}
+                        )
+            if replies:
+                with self._changed:
+                    for reply in replies:
+                        known = self._replies.get(reply.command_id)
+                        # A retry's "duplicate" must not hide what the command originally did.
+                        if known is None or reply.status != "duplicate":
+                            self._replies[reply.command_id] = reply
+                        self._replies.move_to_end(reply.command_id)
+                    while len(self._replies) > REMEMBERED:
+                        self._replies.popitem(last=False)
+                    self._changed.notify_all()

@@ -1,0 +1,155 @@
+"""Every command endpoint end to end: real Kafka, the real processor, answers from committed replies."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from schemas.position import decode_position
+from schemas.rules import ProgramRules
+from services.ledger.api import create_app
+from services.ledger.processor import Processor
+from tests.conftest import Isolated, Running
+from tests.integration.kafka_io import purchase
+from tests.integration.serving import serve
+
+
+@pytest.fixture
+def ledger(isolated: Isolated, running: Running) -> Iterator[TestClient]:
+    with TestClient(create_app(isolated.ledger())) as client:
+        running.start(Processor(isolated.ledger(), ProgramRules()).run)
+        yield client
+
+
+def buy(ledger: TestClient, member: str, amount: str, purchase_id: str | None = None) -> dict:  # type: ignore[type-arg]
+    response = ledger.post("/v1/purchases", json=purchase(member, purchase_id or uuid.uuid4().hex, amount))
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_a_purchase_answers_with_events_balance_tier_and_position(ledger: TestClient) -> None:
+    outcome = buy(ledger, "m-1", "2000.00")
+    assert [e["type"] for e in outcome["events"]] == [
+        "MemberEnrolled",
+        "PurchaseRecorded",
+        "PointsEarned",
+        "TierChanged",
+    ]
+    assert outcome["tier"] == "silver"
+    assert outcome["balance"] == {"available": 2000, "pending": 0}
+    assert decode_position(outcome["position"]) == ("m-1", 4)
+
+
+def test_refunds_reverse_points_in_proportion(ledger: TestClient) -> None:
+    buy(ledger, "m-2", "100.00", "o-1")
+    refund = {
+        "type": "refund",
+        "refund_id": "r-1",
+        "purchase_id": "o-1",
+        "member_id": "m-2",
+        "amount": "25.00",
+        "currency": "CNY",
+        "occurred_at": "2026-11-23T09:00:00Z",
+    }
+    response = ledger.post("/v1/refunds", json=refund)
+    assert response.status_code == 201, response.text
+    assert response.json()["balance"]["available"] == 75
+    assert ledger.post("/v1/refunds", json=refund).status_code == 200
+    too_much = ledger.post("/v1/refunds", json={**refund, "refund_id": "r-2", "amount": "80.00"})
+    assert too_much.status_code == 409
+    assert too_much.json()["type"].endswith("/refund_exceeds_purchase")
+
+
+def test_redemption_cancel_and_insufficient_points(ledger: TestClient) -> None:
+    buy(ledger, "m-3", "100.00")
+    ok = ledger.post("/v1/redemptions", json={"redemption_id": "rd-1", "member_id": "m-3", "points": 60})
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["balance"]["available"] == 40
+    short = ledger.post("/v1/redemptions", json={"redemption_id": "rd-2", "member_id": "m-3", "points": 41})
+    assert short.status_code == 409
+    assert short.headers["content-type"] == "application/problem+json"
+    assert short.json()["type"].endswith("/insufficient_points")
+    cancelled = ledger.post("/v1/redemptions/rd-1/cancel", json={"member_id": "m-3"})
+    assert cancelled.status_code == 201, cancelled.text
+    assert cancelled.json()["balance"]["available"] == 100
+    assert ledger.post("/v1/redemptions/nope/cancel", json={"member_id": "m-3"}).status_code == 404
+
+
+def test_adjustments_and_manual_tiers_record_an_actor(ledger: TestClient) -> None:
+    buy(ledger, "m-4", "10.00")
+    response = ledger.post(
+        "/v1/adjustments",
+        json={"adjustment_id": "a-1", "member_id": "m-4", "points": -5, "reason": "goodwill correction"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["events"][0]["data"]["actor"]
+    tier = ledger.put("/v1/members/m-4/tier", json={"tier": "gold", "reason": "VIP"})
+    assert tier.status_code == 201, tier.text
+    assert tier.json()["tier"] == "gold"
+    assert ledger.put("/v1/members/m-4/tier", json={"tier": "diamond", "reason": "x"}).status_code == 422
+    assert ledger.put("/v1/members/ghost/tier", json={"tier": "gold", "reason": "x"}).status_code == 404
+
+
+def test_idempotency_key_returns_the_original_outcome(ledger: TestClient) -> None:
+    buy(ledger, "m-5", "50.00")
+    body = {"redemption_id": "rd-9", "member_id": "m-5", "points": 10}
+    first = ledger.post("/v1/redemptions", json=body, headers={"Idempotency-Key": "k-1"})
+    again = ledger.post("/v1/redemptions", json=body, headers={"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["status"] == "duplicate"
+    assert again.json()["original_command_id"] == first.json()["command_id"]
+    assert again.json()["balance"]["available"] == 40
+
+
+def test_bad_input_is_a_422_problem_and_unknown_commands_404(ledger: TestClient) -> None:
+    bad = ledger.post("/v1/redemptions", json={"redemption_id": "x", "member_id": "m-1", "points": 0})
+    assert bad.status_code == 422
+    assert bad.json()["type"].endswith("/invalid_request")
+    typo = ledger.post("/v1/redemptions", json={"redemption_id": "x", "member_id": "m-1", "point": 5})
+    assert typo.status_code == 422
+    assert ledger.get("/v1/commands/unknown").status_code == 404
+
+
+def test_past_the_timeout_the_answer_is_202_and_the_command_resolves_later(
+    isolated: Isolated, running: Running
+) -> None:
+    with TestClient(create_app(isolated.ledger(command_timeout_s=0.5))) as ledger:
+        response = ledger.post("/v1/purchases", json=purchase("m-6", "o-1", "5.00"))
+        assert response.status_code == 202
+        location = response.headers["location"]
+        assert ledger.get(location).json()["status"] == "pending"
+        running.start(Processor(isolated.ledger(), ProgramRules()).run)
+        from tests.waiting import eventually
+
+        eventually(lambda: ledger.get(location).json()["status"] == "applied", what="applied")
+
+
+def test_fifty_concurrent_redemptions_never_overdraw_and_all_are_answered(
+    isolated: Isolated, running: Running
+) -> None:
+    running.start(Processor(isolated.ledger(), ProgramRules()).run)
+    with serve(create_app(isolated.ledger())) as base:
+        assert (
+            httpx.post(f"{base}/v1/purchases", json=purchase("m-7", "o-1", "1000.00"), timeout=30).status_code
+            == 201
+        )
+
+        def redeem(index: int) -> int:
+            body = {"redemption_id": f"rd-{index}", "member_id": "m-7", "points": 30}
+            return httpx.post(f"{base}/v1/redemptions", json=body, timeout=30).status_code
+
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            statuses = list(pool.map(redeem, range(50)))
+        assert sorted(set(statuses)) == [201, 409]
+        assert statuses.count(201) == 33
+        final = httpx.post(
+            f"{base}/v1/adjustments",
+            timeout=30,
+            json={"adjustment_id": "probe", "member_id": "m-7", "points": 1, "reason": "probe"},
+        )
+        assert final.json()["balance"]["available"] == 1000 - 33 * 30 + 1

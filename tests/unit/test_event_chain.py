@@ -1,0 +1,68 @@
+"""Sealing: per-member sequence, hash chain and derived ids make the log explain itself."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas.canonical import GENESIS_HASH, event_hash
+from schemas.rules import ProgramRules
+from services.ledger.domain.account import Account
+from services.ledger.domain.chain import seal
+from services.ledger.domain.commands import AdvanceClock, RecordPurchase
+from services.ledger.domain.decide import decide
+
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+RULES = ProgramRules()
+
+
+def purchase(member_id: str = "m-1", command_id: str = "c-1") -> RecordPurchase:
+    return RecordPurchase(
+        command_id=command_id,
+        correlation_id=command_id,
+        member_id=member_id,
+        occurred_at=NOW,
+        purchase_id="o-1",
+        amount_minor=12990,
+        currency="CNY",
+    )
+
+
+def test_sealing_is_deterministic_numbered_and_chained() -> None:
+    account = Account.new("m-1")
+    first = seal(account, purchase(), decide(account, purchase(), RULES), 1, NOW)[1]
+    again = seal(account, purchase(), decide(account, purchase(), RULES), 1, NOW)[1]
+    assert [e.to_bytes() for e in first] == [e.to_bytes() for e in again]
+    assert [e.sequence for e in first] == [1, 2, 3]
+    assert first[0].prev_hash == GENESIS_HASH
+    assert [e.prev_hash for e in first[1:]] == [e.hash for e in first[:-1]]
+    assert all(event.hash == event_hash(event.document()) and event.hash_is_valid() for event in first)
+    assert {event.rules_version for event in first} == {1}
+
+
+def test_event_ids_differ_per_member_for_one_command() -> None:
+    """A clock tick is one command reaching many members: their events must not share ids."""
+    tick = {"command_id": "tick-1", "correlation_id": "tick-1", "occurred_at": NOW}
+    a = seal(Account.new("m-a"), AdvanceClock(member_id="m-a", **tick), [], 1, NOW)
+    assert a[1] == []
+    one = seal(
+        Account.new("m-a"),
+        purchase("m-a", "c"),
+        decide(Account.new("m-a"), purchase("m-a", "c"), RULES),
+        1,
+        NOW,
+    )
+    two = seal(
+        Account.new("m-b"),
+        purchase("m-b", "c"),
+        decide(Account.new("m-b"), purchase("m-b", "c"), RULES),
+        1,
+        NOW,
+    )
+    assert not {e.event_id for e in one[1]} & {e.event_id for e in two[1]}
+
+
+def test_a_tampered_event_no_longer_matches_its_hash() -> None:
+    event = seal(Account.new("m-1"), purchase(), decide(Account.new("m-1"), purchase(), RULES), 1, NOW)[1][2]
+    document = event.document()
+    document["data"]["points"] += 1
+    assert event_hash(document) != event.hash

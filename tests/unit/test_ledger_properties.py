@@ -1,0 +1,197 @@
+"""Invariants of one member's ledger over random sequences of commands, checked after every step."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import reduce
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.canonical import GENESIS_HASH
+from schemas.events import Event, EventData
+from schemas.money import from_minor
+from schemas.rules import CategoryBonus, ProgramRules
+from services.ledger.domain.account import Account, account_from_json, account_to_json, evolve
+from services.ledger.domain.chain import seal
+from services.ledger.domain.commands import Command, RefundPurchase
+from services.ledger.domain.decide import decide
+from services.ledger.domain.errors import (
+    InsufficientPoints,
+    LedgerError,
+    RefundExceedsPurchase,
+    UnknownMember,
+    UnknownPurchase,
+    UnknownRedemption,
+)
+from services.ledger.domain.lots import oldest_first
+from tests.unit import ledger_fixtures as make
+from tests.unit.ledger_fixtures import MEMBER, T0
+
+RULE_SETS = [
+    ProgramRules(),
+    ProgramRules(pending_days=14, category_bonuses=(CategoryBonus(category="beauty", multiplier="2"),)),
+    ProgramRules(rounding="half_up", expiry_months=3, evaluation_months=2),
+]
+# Shares of what is there (refundable spend, available points), a little over 100% to be refused.
+PERCENTS = st.one_of(st.just(100), st.integers(1, 120))
+AMOUNTS = st.one_of(st.integers(0, 50_000), st.integers(50_000, 1_200_000))
+ACTIONS = st.one_of(
+    st.tuples(st.just("purchase"), AMOUNTS, st.booleans()),
+    st.tuples(st.just("refund"), st.integers(0, 99), PERCENTS),
+    st.tuples(st.just("redeem"), PERCENTS),
+    st.tuples(st.just("cancel"), st.integers(0, 99)),
+    st.tuples(st.just("adjust"), st.integers(1, 1500)),
+    st.tuples(st.just("adjust"), PERCENTS.map(lambda percent: -percent)),
+    st.tuples(st.just("tick"), st.integers(0, 400)),
+    st.tuples(st.just("set_tier"), st.sampled_from(["regular", "silver", "gold", "platinum"])),
+    st.tuples(st.just("repeat"), st.integers(0, 99)),
+)
+STEPS = st.lists(st.tuples(st.integers(0, 30), ACTIONS), min_size=8, max_size=50)
+
+
+class Member:
+    """One member's account driven as the processor drives it, with its sealed log."""
+
+    def __init__(self, rules: ProgramRules) -> None:
+        self.rules = rules
+        self.account = Account.new(MEMBER)
+        self.log: list[Event] = []
+        self.applied: list[Command] = []
+        self.now = T0
+
+    def accept(self, command: Command) -> list[EventData]:
+        before = self.account
+        decided = decide(before, command, self.rules)
+        after, events = seal(before, command, decided, self.rules.version, self.now)
+        assert reduce(evolve, events, before) == after
+        assert decide(after, command, self.rules) == [], "a command is decided once"
+        if not isinstance(command, RefundPurchase):
+            assert after.debt <= before.debt, "only a reversal puts the balance into debt"
+        self.account = after
+        self.log.extend(events)
+        if decided:
+            self.applied.append(command)
+        check_account(after, self.rules)
+        return decided
+
+    def reject(self, command: Command, error: type[LedgerError]) -> None:
+        with pytest.raises(error):
+            decide(self.account, command, self.rules)
+
+    def purchase(self, cid: str, amount: int, beauty: bool) -> None:
+        items = [make.item("beauty", from_minor(amount // 2))] if beauty else []
+        self.accept(make.purchase(f"o-{cid}", amount, self.now, items, command_id=cid))
+
+    def refund(self, cid: str, pick: int, percent: int) -> None:
+        if not self.account.purchases:
+            return self.reject(make.refund(cid, "o-none", 100, self.now, cid), UnknownPurchase)
+        purchase_id = sorted(self.account.purchases)[pick % len(self.account.purchases)]
+        bought = self.account.purchases[purchase_id]
+        refundable = bought.amount_minor - bought.refunded_minor
+        command = make.refund(cid, purchase_id, max(1, refundable * percent // 100), self.now, cid)
+        if command.amount_minor > refundable:
+            return self.reject(command, RefundExceedsPurchase)
+        self.accept(command)
+        after = self.account.purchases[purchase_id]
+        assert after.points_reversed == after.points_earned * after.refunded_minor // after.amount_minor
+
+    def redeem(self, cid: str, percent: int) -> None:
+        points = max(1, self.account.available * percent // 100)
+        command = make.redeem(cid, points, self.now, cid)
+        if not self.account.enrolled:
+            return self.reject(command, UnknownMember)
+        if points > self.account.available:
+            return self.reject(command, InsufficientPoints)
+        available = self.account.available
+        self.accept(command)
+        assert self.account.available == available - points >= 0
+
+    def cancel(self, cid: str, pick: int) -> None:
+        if not self.account.redemptions:
+            return self.reject(make.cancel("x-none", self.now, cid), UnknownRedemption)
+        redemption_id = sorted(self.account.redemptions)[pick % len(self.account.redemptions)]
+        redemption = self.account.redemptions[redemption_id]
+        redeemed = self.account.redeemed
+        decided = self.accept(make.cancel(redemption_id, self.now, cid))
+        if redemption.cancelled:
+            assert decided == []
+        else:
+            assert self.account.redeemed == redeemed - redemption.points
+
+    def adjust(self, cid: str, points_or_percent: int) -> None:
+        points = points_or_percent
+        if points < 0:  # a share of the available points, to be taken away
+            points = -max(1, self.account.available * -points // 100)
+        command = make.adjust(cid, points, self.now, command_id=cid)
+        if not self.account.enrolled:
+            return self.reject(command, UnknownMember)
+        if points < 0 and -points > self.account.available:
+            return self.reject(command, InsufficientPoints)
+        available = self.account.available
+        self.accept(command)
+        if points < 0:
+            assert self.account.available == available + points >= 0
+
+    def tick(self, cid: str, days: int) -> None:
+        self.now += timedelta(days=days)
+        self.accept(make.tick(self.now, cid))
+        assert all(held.expires_at > self.now for held in self.account.lots)
+        assert all(held.matures_at > self.now for held in self.account.pending)
+
+    def set_tier(self, cid: str, tier: str) -> None:
+        command = make.set_tier(tier, self.now, command_id=cid)
+        if not self.account.enrolled:
+            return self.reject(command, UnknownMember)
+        self.accept(command)
+        assert self.account.tier == tier
+
+    def repeat(self, cid: str, pick: int) -> None:
+        if not self.applied:
+            return
+        command = self.applied[pick % len(self.applied)]
+        assert decide(self.account, command, self.rules) == []
+        assert seal(self.account, command, [], self.rules.version, self.now) == (self.account, [])
+
+
+def check_account(account: Account, rules: ProgramRules) -> None:
+    assert account.debt >= 0
+    assert account.available == sum(held.points for held in account.lots) - account.debt
+    assert account.available >= 0 or account.debt > 0
+    if account.debt > 0:
+        assert account.lots == (), "points are owed only when there are none left"
+    assert all(held.points > 0 for held in (*account.lots, *account.pending))
+    assert account.lots == oldest_first(account.lots)
+    assert len({held.lot_id for held in account.lots}) == len(account.lots)
+    gained = account.lifetime_earned + account.adjusted
+    lost = account.redeemed + account.expired + account.reversed
+    assert gained - lost == account.available + account.pending_points, "points are never made or lost"
+    for bought in account.purchases.values():
+        assert 0 <= bought.points_reversed <= bought.points_earned
+        if bought.refunded_minor == bought.amount_minor:
+            assert bought.points_reversed == bought.points_earned
+    if account.tier == rules.tiers[0].name:
+        assert account.next_evaluation_at is None, "the entry tier is never evaluated"
+
+
+def check_log(log: list[Event], account: Account) -> None:
+    assert [event.sequence for event in log] == list(range(1, len(log) + 1))
+    hashes = [GENESIS_HASH, *(event.hash for event in log)]
+    assert [event.prev_hash for event in log] == hashes[:-1]
+    assert all(event.hash_is_valid() for event in log)
+    assert len({event.event_id for event in log}) == len(log)
+    assert reduce(evolve, log, Account.new(MEMBER)) == account
+    assert account_from_json(account_to_json(account)) == account
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=st.sampled_from(RULE_SETS), steps=STEPS)
+def test_the_ledger_keeps_its_invariants_over_any_command_sequence(
+    rules: ProgramRules, steps: list[tuple[int, tuple[object, ...]]]
+) -> None:
+    member = Member(rules)
+    for n, (days, (kind, *args)) in enumerate(steps):
+        member.now += timedelta(days=days)
+        getattr(member, str(kind))(f"c-{n}", *args)
+    check_log(member.log, member.account)
