@@ -84,6 +84,12 @@ class KafkaNode:
 
     def up(self) -> None:
         if self.running_pid() is not None:
+            configured = (self.home / "server.properties").read_text()
+            if f"PLAINTEXT://127.0.0.1:{self.port}," not in configured:
+                raise InfraError(
+                    f"the Kafka broker in {self.home} is already running on another port than {self.port}: "
+                    "stop it first (loyalty infra down) or use its port (LOYALTY_LOCAL_KAFKA_PORT)"
+                )
             wait_until(lambda: port_open(self.port), 60, "Kafka", self.log_file)
             return
         java = _java()

@@ -70,7 +70,9 @@ class PostgresNode:
 
     def up(self) -> None:
         bindir = _bindir(install=True)
-        if not self.running():
+        if self.running():
+            self._require_own_port()
+        else:
             require_free(self.port, "PostgreSQL", "LOYALTY_LOCAL_PG_PORT")
             self._init(bindir)
             sockets = self.home / "sockets"
@@ -95,6 +97,18 @@ class PostgresNode:
             )
         wait_until(lambda: port_open(self.port), 60, "PostgreSQL", self.log_file)
         self._create_database()
+
+    def _require_own_port(self) -> None:
+        try:
+            running_port = int((self.data / "postmaster.pid").read_text().splitlines()[3])
+        except (FileNotFoundError, IndexError, ValueError):
+            return
+        if running_port != self.port:
+            raise InfraError(
+                f"the PostgreSQL cluster in {self.data} is already running on port {running_port}, "
+                f"not {self.port}: stop it first (loyalty infra down) "
+                f"or set LOYALTY_LOCAL_PG_PORT={running_port}"
+            )
 
     def down(self) -> None:
         if self.running():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from services.ledger.command_messages import (
     TierBody,
 )
 from services.ledger.domain import errors
+from services.ledger.domain.ids import derived_id
 from services.ledger.replies import ReplyTracker
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
@@ -108,6 +110,8 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             acks="all",
             enable_idempotence=True,
             linger_ms=1,
+            # send() waits for metadata on the event loop: bounded, so an outage answers 503 quickly.
+            max_block_ms=2000,
         )
         app.state.offsets = offsets_consumer(settings.kafka_bootstrap, "loyalty-ledger-api")
         app.state.replies = ReplyTracker(settings)
@@ -123,18 +127,16 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     app = FastAPI(title="Loyalty ledger: command API", version="1", lifespan=lifespan)
     install_problem_handlers(app)
 
-    def submit(
+    async def submit(
         request: Request, response: Response, body: AnyBody, member_id: str, key: str | None
     ) -> CommandOutcome:
         """Send the command and answer with the processor's decision, or 202 past the timeout."""
-        command_id = (
-            str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{member_id}:{key}")) if key else str(uuid.uuid4())
-        )
+        command_id = derived_id(IDEMPOTENCY_NAMESPACE, f"{member_id}:{key}") if key else str(uuid.uuid4())
         replies: ReplyTracker = request.app.state.replies
         reply = replies.get(command_id)
         if reply is None:
-            _send(request, settings, command_id, member_id, body)
-            reply = replies.wait(command_id, settings.command_timeout_s)
+            await _send(request, settings, command_id, member_id, body)
+            reply = await replies.wait(command_id, settings.command_timeout_s)
             if reply is None:
                 response.status_code = 202
                 response.headers["Location"] = f"/v1/commands/{command_id}"
@@ -155,29 +157,29 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         return outcome
 
     @app.post("/v1/purchases", status_code=201, response_model=CommandOutcome)
-    def post_purchase(
+    async def post_purchase(
         body: PurchaseMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Record a purchase: the member earns points on it (and is enrolled if new)."""
-        return submit(request, response, body, body.member_id, idempotency_key)
+        return await submit(request, response, body, body.member_id, idempotency_key)
 
     @app.post("/v1/refunds", status_code=201, response_model=CommandOutcome)
-    def post_refund(
+    async def post_refund(
         body: RefundMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Refund part or all of a purchase: its points are reversed in proportion."""
-        return submit(request, response, body, body.member_id, idempotency_key)
+        return await submit(request, response, body, body.member_id, idempotency_key)
 
     @app.post("/v1/redemptions", status_code=201, response_model=CommandOutcome)
-    def post_redemption(
+    async def post_redemption(
         body: RedemptionRequest, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Redeem points, oldest lots first; 409 insufficient_points when the balance is short."""
         command = RedemptionBody(**body.model_dump())
-        return submit(request, response, command, body.member_id, idempotency_key)
+        return await submit(request, response, command, body.member_id, idempotency_key)
 
     @app.post("/v1/redemptions/{redemption_id}/cancel", status_code=201, response_model=CommandOutcome)
-    def cancel_redemption(
+    async def cancel_redemption(
         redemption_id: Annotated[ExternalId, Path()],
         body: CancelRequest,
         request: Request,
@@ -186,18 +188,18 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     ) -> CommandOutcome:
         """Cancel a redemption: the points go back to their lots, with their expiry."""
         command = CancelBody(redemption_id=redemption_id, member_id=body.member_id)
-        return submit(request, response, command, body.member_id, idempotency_key)
+        return await submit(request, response, command, body.member_id, idempotency_key)
 
     @app.post("/v1/adjustments", status_code=201, response_model=CommandOutcome)
-    def post_adjustment(
+    async def post_adjustment(
         body: AdjustmentRequest, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Add or remove points by hand, with a reason."""
         command = AdjustmentBody(**body.model_dump(), actor=ANONYMOUS_ACTOR)
-        return submit(request, response, command, body.member_id, idempotency_key)
+        return await submit(request, response, command, body.member_id, idempotency_key)
 
     @app.put("/v1/members/{member_id}/tier", status_code=201, response_model=CommandOutcome)
-    def put_tier(
+    async def put_tier(
         member_id: MemberIdPath,
         body: TierRequest,
         request: Request,
@@ -206,7 +208,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     ) -> CommandOutcome:
         """Set a member's tier by hand, with a reason."""
         command = TierBody(member_id=member_id, tier=body.tier, reason=body.reason, actor=ANONYMOUS_ACTOR)
-        return submit(request, response, command, member_id, idempotency_key)
+        return await submit(request, response, command, member_id, idempotency_key)
 
     @app.get("/v1/commands/{command_id}", response_model=CommandOutcome)
     def get_command(command_id: Annotated[str, Path(max_length=128)], request: Request) -> CommandOutcome:
@@ -237,15 +239,32 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     return app
 
 
-def _send(request: Request, settings: LedgerSettings, command_id: str, member_id: str, body: AnyBody) -> None:
+async def _send(
+    request: Request, settings: LedgerSettings, command_id: str, member_id: str, body: AnyBody
+) -> None:
+    """Hand the command to Kafka (acks=all) without holding a thread while it is acknowledged."""
     message = CommandMessage(
         command_id=command_id, correlation_id=command_id, issued_at=datetime.now(UTC), body=body
     )
+    loop = asyncio.get_running_loop()
+    acknowledged: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if acknowledged.done():
+            return
+        if error is None:
+            acknowledged.set_result(None)
+        else:
+            acknowledged.set_exception(error)
+
     try:
-        request.app.state.producer.send(
+        sent = request.app.state.producer.send(
             settings.topic_commands, key=member_id.encode(), value=message.model_dump_json().encode()
-        ).get(timeout=settings.command_timeout_s)
-    except KafkaError as error:
+        )
+        sent.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
+        sent.add_errback(lambda error: loop.call_soon_threadsafe(settle, error))
+        await asyncio.wait_for(acknowledged, settings.command_timeout_s)
+    except (KafkaError, TimeoutError) as error:
         raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
     request.app.state.submitted.add(command_id)
 

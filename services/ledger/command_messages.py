@@ -32,6 +32,7 @@ from services.ledger.domain.commands import (
     RefundPurchase,
     SetTier,
 )
+from services.ledger.domain.ids import derived_id
 
 M = TypeVar("M")
 
@@ -156,7 +157,7 @@ def parse_inbound_record(value: bytes | None) -> Command:
         if isinstance(message, PurchaseMessage)
         else f"refund:{message.refund_id}"
     )
-    command_id = str(uuid.uuid5(INBOUND_NAMESPACE, f"{message.member_id}:{key}"))
+    command_id = derived_id(INBOUND_NAMESPACE, f"{message.member_id}:{key}")
     return to_command(message, command_id, command_id, message.occurred_at)
 
 

@@ -22,6 +22,7 @@ from kafka.structs import OffsetAndMetadata
 
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
+from services.kafka_compat import keep_rejoin_requested
 from services.ledger.command_messages import (
     CommandReply,
     InvalidRecord,
@@ -88,6 +89,7 @@ class Processor:
         self.store = StateStore(settings)
         self.partitions = settings.partitions
         self.rules_unchecked = False
+        keep_rejoin_requested()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.processor_group,

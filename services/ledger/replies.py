@@ -6,6 +6,7 @@ read_committed, so an answer is never given for a decision that was rolled back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -34,7 +35,8 @@ class ReplyTracker:
             fetch_max_wait_ms=50,
         )
         self._replies: OrderedDict[str, CommandReply] = OrderedDict()
-        self._changed = threading.Condition()
+        self._changed = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[CommandReply]]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="reply-tracker", daemon=True)
 
@@ -61,10 +63,26 @@ class ReplyTracker:
         with self._changed:
             return self._replies.get(command_id)
 
-    def wait(self, command_id: str, timeout_s: float) -> CommandReply | None:
+    async def wait(self, command_id: str, timeout_s: float) -> CommandReply | None:
+        """The reply, or None past the timeout; waits on the event loop, holding no thread."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[CommandReply] = loop.create_future()
         with self._changed:
-            self._changed.wait_for(lambda: command_id in self._replies, timeout=timeout_s)
-            return self._replies.get(command_id)
+            known = self._replies.get(command_id)
+            if known is not None:
+                return known
+            self._waiters.setdefault(command_id, []).append((loop, waiter))
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            with self._changed:
+                waiting = self._waiters.get(command_id, [])
+                if (loop, waiter) in waiting:
+                    waiting.remove((loop, waiter))
+                if not waiting:
+                    self._waiters.pop(command_id, None)
 
     def _follow(self) -> None:
         while not self._stop.is_set():
@@ -91,6 +109,12 @@ class ReplyTracker:
                         if known is None or reply.status != "duplicate":
                             self._replies[reply.command_id] = reply
                         self._replies.move_to_end(reply.command_id)
+                        for loop, waiter in self._waiters.pop(reply.command_id, []):
+                            loop.call_soon_threadsafe(_resolve, waiter, self._replies[reply.command_id])
                     while len(self._replies) > REMEMBERED:
                         self._replies.popitem(last=False)
-                    self._changed.notify_all()
+
+
+def _resolve(waiter: asyncio.Future[CommandReply], reply: CommandReply) -> None:
+    if not waiter.done():
+        waiter.set_result(reply)

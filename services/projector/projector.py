@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
+from services.kafka_compat import keep_rejoin_requested
 from services.projector import store
 from services.projector.fold import decode, fold
 from services.projector.settings import ProjectorSettings
@@ -39,6 +40,7 @@ class Projector:
     def __init__(self, settings: ProjectorSettings) -> None:
         self._settings = settings
         self._conn = psycopg.connect(settings.database_url)
+        keep_rejoin_requested()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.projector_group,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -120,11 +121,12 @@ def evolve(account: Account, event: Event) -> Account:
         last_sequence=event.sequence,
         rejected=isinstance(event.data, CommandRejected),
     )
-    outcomes = {key: value for key, value in account.outcomes.items() if key != event.command_id}
+    outcomes = dict(account.outcomes)
+    outcomes.pop(event.command_id, None)
     outcomes[event.command_id] = outcome
     if len(outcomes) > OUTCOME_MEMORY:
         outcomes.pop(next(iter(outcomes)))
-    account = replace(account, sequence=event.sequence, last_hash=event.hash, outcomes=outcomes)
+    account = _set(account, sequence=event.sequence, last_hash=event.hash, outcomes=outcomes)
     return _apply(account, event)
 
 
@@ -132,22 +134,22 @@ def _apply(account: Account, event: Event) -> Account:
     data = event.data
     match data:
         case MemberEnrolled():
-            return replace(account, enrolled=True, tier=data.tier)
+            return _set(account, enrolled=True, tier=data.tier)
         case PurchaseRecorded():
             purchase = Purchase(
                 command_id=event.command_id, amount_minor=data.amount_minor, occurred_at=event.occurred_at
             )
-            return replace(account, purchases={**account.purchases, data.purchase_id: purchase})
+            return _set(account, purchases={**account.purchases, data.purchase_id: purchase})
         case PointsEarned():
             account = _update_purchase(account, data.purchase_id, earned=data.points)
-            account = replace(account, lifetime_earned=account.lifetime_earned + data.points)
+            account = _set(account, lifetime_earned=account.lifetime_earned + data.points)
             if data.matures_at is not None:
                 pending = PendingLot(data.lot_id, data.points, data.expires_at, data.matures_at)
-                return replace(account, pending=(*account.pending, pending))
+                return _set(account, pending=(*account.pending, pending))
             return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
         case PointsMatured():
             matured = next(lot for lot in account.pending if lot.lot_id == data.lot_id)
-            account = replace(
+            account = _set(
                 account, pending=tuple(lot for lot in account.pending if lot.lot_id != data.lot_id)
             )
             return _credit(account, data.lot_id, data.points, data.debt_repaid, matured.expires_at)
@@ -157,7 +159,7 @@ def _apply(account: Account, event: Event) -> Account:
                 **account.purchases,
                 data.purchase_id: replace(purchase, refunded_minor=data.refunded_total_minor),
             }
-            return replace(
+            return _set(
                 account, purchases=purchases, refunds={**account.refunds, data.refund_id: event.command_id}
             )
         case PointsReversed():
@@ -169,7 +171,7 @@ def _apply(account: Account, event: Event) -> Account:
                 for lot in account.pending
             )
             account = _update_purchase(account, data.purchase_id, reversed_=data.points)
-            return replace(
+            return _set(
                 account,
                 pending=tuple(lot for lot in reduced if lot.points > 0),
                 lots=lot_ops.remove(account.lots, data.from_lots),
@@ -178,7 +180,7 @@ def _apply(account: Account, event: Event) -> Account:
             )
         case PointsRedeemed():
             redemption = Redemption(command_id=event.command_id, points=data.points, from_lots=data.from_lots)
-            return replace(
+            return _set(
                 account,
                 lots=lot_ops.remove(account.lots, data.from_lots),
                 redeemed=account.redeemed + data.points,
@@ -186,44 +188,51 @@ def _apply(account: Account, event: Event) -> Account:
             )
         case RedemptionCancelled():
             cancelled = replace(account.redemptions[data.redemption_id], cancelled=True)
-            return replace(
+            return _set(
                 account,
                 redeemed=account.redeemed - data.points,
                 redemptions={**account.redemptions, data.redemption_id: cancelled},
             )
         case PointsRestored():
-            return replace(
+            return _set(
                 account, lots=lot_ops.add(account.lots, data.to_lots), debt=account.debt - data.debt_repaid
             )
         case PointsAdjusted():
-            account = replace(
+            account = _set(
                 account,
                 adjusted=account.adjusted + data.points,
                 adjustments={**account.adjustments, data.adjustment_id: event.command_id},
             )
             if data.points > 0 and data.lot_id is not None and data.expires_at is not None:
                 return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
-            return replace(account, lots=lot_ops.remove(account.lots, data.from_lots))
+            return _set(account, lots=lot_ops.remove(account.lots, data.from_lots))
         case PointsExpired():
-            return replace(
+            return _set(
                 account, lots=lot_ops.remove(account.lots, data.lots), expired=account.expired + data.points
             )
         case TierChanged():
-            return replace(account, tier=data.to_tier, next_evaluation_at=data.next_evaluation_at)
+            return _set(account, tier=data.to_tier, next_evaluation_at=data.next_evaluation_at)
         case TierRetained():
-            return replace(account, next_evaluation_at=data.next_evaluation_at)
+            return _set(account, next_evaluation_at=data.next_evaluation_at)
         case ProgramRulesChanged():
-            return replace(account, rules_version=data.version, rules_fingerprint=data.fingerprint)
+            return _set(account, rules_version=data.version, rules_fingerprint=data.fingerprint)
     return account
+
+
+def _set(account: Account, **changes: Any) -> Account:
+    """`dataclasses.replace` without re-running `__init__`: evolve is on the processor's hot path."""
+    changed = object.__new__(Account)
+    changed.__dict__.update(account.__dict__, **changes)
+    return changed
 
 
 def _credit(account: Account, lot_id: str, points: int, debt_repaid: int, expires_at: datetime) -> Account:
     """Points become available: the debt is paid first, the rest opens a lot."""
-    account = replace(account, debt=account.debt - debt_repaid)
+    account = _set(account, debt=account.debt - debt_repaid)
     remaining = points - debt_repaid
     if remaining <= 0:
         return account
-    return replace(
+    return _set(
         account,
         lots=lot_ops.add(account.lots, [LotPoints(lot_id=lot_id, points=remaining, expires_at=expires_at)]),
     )
@@ -236,7 +245,7 @@ def _update_purchase(account: Account, purchase_id: str, earned: int = 0, revers
         points_earned=purchase.points_earned + earned,
         points_reversed=purchase.points_reversed + reversed_,
     )
-    return replace(account, purchases={**account.purchases, purchase_id: updated})
+    return _set(account, purchases={**account.purchases, purchase_id: updated})
 
 
 _codec: TypeAdapter[Account] = TypeAdapter(Account)

@@ -9,6 +9,7 @@ from schemas.canonical import event_hash
 from schemas.events import Event, EventData
 from services.ledger.domain.account import Account, evolve
 from services.ledger.domain.commands import Command
+from services.ledger.domain.ids import derived_id
 
 EVENT_NAMESPACE = uuid.UUID("6f1c3a52-4b8e-4f0e-9a57-2d3c1b0e8a11")
 
@@ -19,13 +20,13 @@ def seal(
     """Number, chain and identify the events, and fold them into the account.
 
     Ids come from the command id, the member (a clock tick reaches many) and the event's index,
-    so a retried decision produces
-    byte-identical events; `recorded_at` is the input record's timestamp for the same reason.
+    so a retried decision produces byte-identical events; `recorded_at` is the input record's
+    timestamp for the same reason.
     """
     events = []
     for index, data in enumerate(decided):
         document = {
-            "event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"{command.command_id}:{account.member_id}:{index}")),
+            "event_id": derived_id(EVENT_NAMESPACE, f"{command.command_id}:{account.member_id}:{index}"),
             "type": type(data).__name__,
             "schema_version": data.SCHEMA_VERSION,
             "member_id": account.member_id,

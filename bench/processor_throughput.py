@@ -1,0 +1,145 @@
+"""Sustained purchases per second through the processor, against a bare transactional loop.
+
+Loads N purchases into the inbound topic, then times the processor (its own process) from its
+first committed input offset until every purchase is committed as events. The same backlog
+through a bare consume-produce-commit loop (no decisions) gives this machine's ceiling.
+
+    .venv/bin/python -m bench.processor_throughput [--purchases 50000] [--members 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.structs import OffsetAndMetadata
+
+from bench.stack import bench_env
+from services.ledger.settings import LedgerSettings
+from services.ledger.topics import ensure_topics
+
+
+def load(settings: LedgerSettings, topic: str, purchases: int, members: int) -> None:
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024
+    )
+    for index in range(purchases):
+        member = f"m-{index % members}"
+        value = {
+            "type": "purchase",
+            "purchase_id": f"o-{index}",
+            "member_id": member,
+            "amount": f"{10 + index % 990}.{index % 100:02d}",
+            "currency": "CNY",
+            "occurred_at": "2026-11-22T10:00:00Z",
+            "channel": "store",
+            "items": [{"sku": "A1", "category": "beauty", "quantity": 1, "amount": "10.00"}],
+        }
+        producer.send(topic, key=member.encode(), value=json.dumps(value).encode())
+    producer.flush()
+    producer.close()
+
+
+def committed_total(admin: KafkaAdminClient, group: str, topic: str) -> int:
+    offsets = admin.list_group_offsets(group).get(group, {})
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+def time_until_consumed(settings: LedgerSettings, group: str, topic: str, total: int) -> float:
+    """Seconds from the group's first committed offset until all `total` records are committed."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        while committed_total(admin, group, topic) == 0:
+            time.sleep(0.05)
+        started, first = time.monotonic(), committed_total(admin, group, topic)
+        while (done := committed_total(admin, group, topic)) < total:
+            time.sleep(0.1)
+        return (time.monotonic() - started) * total / max(done - first, 1)
+    finally:
+        admin.close()
+
+
+def bare_loop(settings: LedgerSettings, source: str, total: int) -> float:
+    """Poll up to 2,000 records, copy them to the (unused) DLQ topic, commit offsets: no other work."""
+    group, sink = f"bare-{uuid.uuid4().hex[:6]}", settings.topic_dlq
+    consumer = KafkaConsumer(
+        source,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, transactional_id=group, linger_ms=5, batch_size=256 * 1024
+    )
+    producer.init_transactions()
+    moved, started = 0, None
+    while moved < total:
+        batch = consumer.poll(timeout_ms=500, max_records=2000)
+        if not batch:
+            continue
+        started = started or time.monotonic()
+        producer.begin_transaction()
+        for records in batch.values():
+            for record in records:
+                producer.send(sink, key=record.key, value=record.value, partition=record.partition)
+            moved += len(records)
+        offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()}
+        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+        producer.commit_transaction()
+    elapsed = time.monotonic() - (started or time.monotonic())
+    consumer.close()
+    producer.close()
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--purchases", type=int, default=50_000)
+    parser.add_argument("--members", type=int, default=5_000)
+    args = parser.parse_args()
+    with bench_env() as env:
+        settings = LedgerSettings(
+            **{
+                k.removeprefix("LOYALTY_").lower(): v
+                for k, v in env.items()
+                if k.removeprefix("LOYALTY_").lower() in LedgerSettings.model_fields
+            }
+        )
+        ensure_topics(settings)
+        print(f"loading {args.purchases} purchases for {args.members} members ...", flush=True)
+        load(settings, settings.topic_purchases, args.purchases, args.members)
+        ceiling = bare_loop(settings, settings.topic_purchases, args.purchases)
+        print(f"bare transactional loop: {ceiling:,.0f} records/s", flush=True)
+        log = open(f"/tmp/bench-processor-{os.getpid()}.log", "wb")  # noqa: SIM115
+        processor = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "processor"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            seconds = time_until_consumed(
+                settings, settings.processor_group, settings.topic_purchases, args.purchases
+            )
+        finally:
+            processor.terminate()
+            processor.wait(timeout=30)
+        rate = args.purchases / seconds
+        print(
+            f"processor: {rate:,.0f} purchases/s ({args.purchases} purchases in {seconds:.1f} s, "
+            f"{rate / ceiling:.0%} of the bare loop)",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Endpoints for a benchmark: the configured ones, or local servers of the benchmark's own."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from localinfra.process import free_port
+from localinfra.stack import LocalStack
+
+STATE_DIR = Path(__file__).resolve().parent.parent / ".state" / "bench"
+
+
+@contextmanager
+def bench_env() -> Iterator[dict[str, str]]:
+    """LOYALTY_* settings with topics and groups of this run's own."""
+    configured = {
+        k: v for k, v in os.environ.items() if k in ("LOYALTY_KAFKA_BOOTSTRAP", "LOYALTY_DATABASE_URL")
+    }
+    env = {
+        "LOYALTY_LOCAL_KAFKA_PORT": str(free_port()),
+        "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(free_port()),
+        "LOYALTY_LOCAL_PG_PORT": str(free_port()),
+        **configured,
+    }
+    stack = LocalStack.from_env(env, state_dir=STATE_DIR)
+    try:
+        tag = f"bench{uuid.uuid4().hex[:6]}"
+        yield {
+            **configured,
+            **stack.up(),
+            "LOYALTY_TOPIC_PURCHASES": f"{tag}.purchases",
+            "LOYALTY_TOPIC_COMMANDS": f"{tag}.commands",
+            "LOYALTY_TOPIC_EVENTS": f"{tag}.events",
+            "LOYALTY_TOPIC_STATE": f"{tag}.state",
+            "LOYALTY_TOPIC_DLQ": f"{tag}.dlq",
+            "LOYALTY_TOPIC_REPLIES": f"{tag}.replies",
+            "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
+            "LOYALTY_PROCESSOR_INSTANCE": "0",
+            "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
+        }
+    finally:
+        stack.down()

@@ -1,0 +1,31 @@
+"""A fix for kafka-python 3.0.12's group membership, installed by every group consumer we run.
+
+A metadata change after an assignment (routinely: the first join happens before the
+coordinator's metadata snapshot has the subscribed topic) makes `ConsumerCoordinator.need_rejoin()`
+true without setting `rejoin_needed`. The rebalance revokes every partition (marked pending
+revocation, so none is fetched) and sends JoinGroup. If that join outlasts the poll's timeout, the
+join itself, when the consumer leads the group, updates the assignment snapshot, `need_rejoin()`
+turns false, and the next polls never collect the finished join: the consumer keeps a group
+membership but fetches nothing, silently, until the session times out. The Java client fixed the
+same hole by requesting the rejoin when it detects the change (KAFKA-9815); this does the same, so
+the flag stays set until the join completes.
+"""
+
+from __future__ import annotations
+
+from kafka.coordinator.consumer import ConsumerCoordinator
+
+_need_rejoin = ConsumerCoordinator.need_rejoin
+
+
+def _need_rejoin_until_joined(self: ConsumerCoordinator) -> bool:
+    needed = bool(_need_rejoin(self))
+    if needed:
+        self.request_rejoin()
+    return needed
+
+
+def keep_rejoin_requested() -> None:
+    """Install the fix (idempotent); called before a group consumer is created."""
+    if ConsumerCoordinator.need_rejoin is not _need_rejoin_until_joined:
+        ConsumerCoordinator.need_rejoin = _need_rejoin_until_joined
