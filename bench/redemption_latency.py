@@ -17,36 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import httpx
 
+from bench.http_load import open_loop
 from bench.stack import bench_env
 from localinfra.process import free_port
-
-
-async def fire(base: str, rate: float, seconds: float, members: int) -> tuple[list[float], Counter[int]]:
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=500)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-
-        async def one(index: int) -> None:
-            body = {"redemption_id": f"rd-{index}", "member_id": f"m-{index % members}", "points": 10}
-            started = time.perf_counter()
-            response = await client.post("/v1/redemptions", json=body)
-            latencies.append(time.perf_counter() - started)
-            statuses[response.status_code] += 1
-
-        tasks = []
-        start = time.perf_counter()
-        for index in range(int(rate * seconds)):
-            delay = start + index / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(index)))
-        await asyncio.gather(*tasks)
-    return latencies, statuses
 
 
 def main() -> None:
@@ -88,8 +64,27 @@ def main() -> None:
                     "currency": "CNY",
                     "occurred_at": "2026-11-22T10:00:00Z",
                 }
-                assert httpx.post(f"{base}/v1/purchases", json=body, timeout=30).status_code == 201
-            latencies, statuses = asyncio.run(fire(base, args.rate, args.seconds, args.members))
+                response = httpx.post(f"{base}/v1/purchases", json=body, timeout=30)
+                while response.status_code == 202:  # the processor is still joining its group
+                    time.sleep(0.2)
+                    response = httpx.get(f"{base}{response.headers.get('location', '')}")
+                    if response.json()["status"] != "pending":
+                        break
+                assert response.status_code in (200, 201), response.text
+            latencies, statuses = asyncio.run(
+                open_loop(
+                    "127.0.0.1",
+                    port,
+                    "/v1/redemptions",
+                    args.rate,
+                    args.seconds,
+                    lambda i: {
+                        "redemption_id": f"rd-{i}",
+                        "member_id": f"m-{i % args.members}",
+                        "points": 10,
+                    },
+                )
+            )
         finally:
             for child in children:
                 child.terminate()

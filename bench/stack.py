@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 from localinfra.process import free_port
 from localinfra.stack import LocalStack
 
-STATE_DIR = Path(__file__).resolve().parent.parent / ".state" / "bench"
+STATE_ROOT = Path(__file__).resolve().parent.parent / ".state"
 
 
 @contextmanager
@@ -26,7 +27,8 @@ def bench_env() -> Iterator[dict[str, str]]:
         "LOYALTY_LOCAL_PG_PORT": str(free_port()),
         **configured,
     }
-    stack = LocalStack.from_env(env, state_dir=STATE_DIR)
+    state_dir = STATE_ROOT / f"bench-{os.getpid()}"
+    stack = LocalStack.from_env(env, state_dir=state_dir)
     try:
         tag = f"bench{uuid.uuid4().hex[:6]}"
         yield {
@@ -44,3 +46,4 @@ def bench_env() -> Iterator[dict[str, str]]:
         }
     finally:
         stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)

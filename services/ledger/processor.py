@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -109,8 +110,11 @@ class Processor:
             client_id=f"{settings.transactional_id}-producer",
             transactional_id=settings.transactional_id,
             transaction_timeout_ms=settings.transaction_timeout_ms,
-            linger_ms=5,
+            linger_ms=1,
             batch_size=256 * 1024,
+            # A new transaction that starts while the last one's markers are being written gets
+            # CONCURRENT_TRANSACTIONS and is retried after this backoff (default 100 ms).
+            retry_backoff_ms=5,
         )
         self._parsers = {
             settings.topic_purchases: parse_inbound_record,
@@ -139,6 +143,7 @@ class Processor:
             log.info("processor stopped")
 
     def _commit(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        started = time.perf_counter()
         batch = _Batch(self.store)
         self._producer.begin_transaction()
         try:
@@ -149,9 +154,11 @@ class Processor:
                     self._handle(record, batch)
             for partition, account in batch.changed.values():
                 self._send(self._settings.topic_state, partition, account.member_id, account_to_json(account))
+            decided = time.perf_counter()
             if records:
                 offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
                 self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            offsets_sent = time.perf_counter()
             self._producer.commit_transaction()
         except ProducerFencedError:
             log.error("fenced by a newer instance; stopping")
@@ -165,6 +172,16 @@ class Processor:
         self.rules_unchecked = False
         for partition, account in batch.changed.values():
             self.store.put(partition, account)
+        log.debug(
+            "batch committed",
+            extra={
+                "records": sum(len(rs) for rs in records.values()),
+                "members": len(batch.changed),
+                "decide_ms": round((decided - started) * 1000, 2),
+                "offsets_ms": round((offsets_sent - decided) * 1000, 2),
+                "commit_ms": round((time.perf_counter() - offsets_sent) * 1000, 2),
+            },
+        )
 
     def _record_rules(self, batch: _Batch) -> None:
         """Record the rules in force in the program's stream when they differ from the last recorded."""

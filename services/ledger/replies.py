@@ -32,7 +32,7 @@ class ReplyTracker:
             client_id="loyalty-ledger-api-replies",
             isolation_level="read_committed",
             enable_auto_commit=False,
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=5,
         )
         self._replies: OrderedDict[str, CommandReply] = OrderedDict()
         self._changed = threading.Lock()
