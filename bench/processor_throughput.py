@@ -105,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--purchases", type=int, default=50_000)
     parser.add_argument("--members", type=int, default=5_000)
+    parser.add_argument("--processors", type=int, default=1, help="instances in the group, each a process")
     args = parser.parse_args()
     with bench_env() as env:
         settings = LedgerSettings(
@@ -120,19 +121,23 @@ def main() -> None:
         ceiling = bare_loop(settings, settings.topic_purchases, args.purchases)
         print(f"bare transactional loop: {ceiling:,.0f} records/s", flush=True)
         log = open(f"/tmp/bench-processor-{os.getpid()}.log", "wb")  # noqa: SIM115
-        processor = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "processor"],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        processors = [
+            subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "processor"],
+                env={**os.environ, **env, "LOYALTY_PROCESSOR_INSTANCE": str(instance)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for instance in range(args.processors)
+        ]
         try:
             seconds = time_until_consumed(
                 settings, settings.processor_group, settings.topic_purchases, args.purchases
             )
         finally:
-            processor.terminate()
-            processor.wait(timeout=30)
+            for processor in processors:
+                processor.terminate()
+                processor.wait(timeout=30)
         rate = args.purchases / seconds
         print(
             f"processor: {rate:,.0f} purchases/s ({args.purchases} purchases in {seconds:.1f} s, "

@@ -54,6 +54,7 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self._processor.store.drop({tp.partition for tp in revoked})
+        self._processor.rules_unchecked = False
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         partitions = {tp.partition for tp in assigned}
@@ -147,7 +148,7 @@ class Processor:
         batch = _Batch(self.store)
         self._producer.begin_transaction()
         try:
-            if self.rules_unchecked:
+            if self.rules_unchecked and partition_for(PROGRAM_STREAM, self.partitions) in self.store.owned():
                 self._record_rules(batch)
             for partition_records in records.values():
                 for record in partition_records:
