@@ -8,6 +8,9 @@ from typing import Any
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from schemas.topics import KafkaSettings
+from tests.waiting import eventually
+
 
 def publish(
     bootstrap: str, topic: str, key: bytes | None, value: bytes, partition: int | None = None
@@ -29,6 +32,26 @@ def purchase(member_id: str, purchase_id: str, amount: str, **extra: Any) -> dic
         "occurred_at": "2026-11-22T10:00:00Z",
         **extra,
     }
+
+
+def send_purchase(
+    settings: KafkaSettings, member_id: str, purchase_id: str, amount: str, **extra: Any
+) -> None:
+    """A purchase message as a commerce service publishes it: keyed by member, on the inbound topic."""
+    value = json.dumps(purchase(member_id, purchase_id, amount, **extra)).encode()
+    publish(settings.kafka_bootstrap, settings.topic_purchases, member_id.encode(), value)
+
+
+def await_events(
+    settings: KafkaSettings, member_id: str, count: int, timeout_s: float = 20
+) -> list[dict[str, Any]]:
+    """The member's events, once there are at least `count` of them."""
+
+    def enough() -> list[dict[str, Any]] | None:
+        found = events_of(settings.kafka_bootstrap, settings.topic_events, member_id)
+        return found if len(found) >= count else None
+
+    return eventually(enough, timeout_s=timeout_s, what=f"{count} events of {member_id}")
 
 
 def read_all(bootstrap: str, topic: str, committed: bool = True) -> list[ConsumerRecord]:

@@ -16,7 +16,7 @@ from services.ledger.processor import Processor
 from services.projector.api import create_app as create_read_app
 from services.projector.projector import Projector
 from tests.conftest import Isolated, Running
-from tests.integration.kafka_io import events_of, publish, purchase, read_all
+from tests.integration.kafka_io import events_of, publish, purchase, read_all, send_purchase
 from tests.waiting import eventually
 
 
@@ -56,12 +56,7 @@ def test_http_purchase_becomes_a_balance(system: tuple[TestClient, TestClient]) 
 def test_kafka_purchase_becomes_a_balance(system: tuple[TestClient, TestClient], isolated: Isolated) -> None:
     _, read = system
     settings = isolated.ledger()
-    publish(
-        settings.kafka_bootstrap,
-        settings.topic_purchases,
-        b"m-7",
-        json.dumps(purchase("m-7", "ord-1", "99.99")).encode(),
-    )
+    send_purchase(settings, "m-7", "ord-1", "99.99")
     eventually(lambda: balance_of(read, "m-7", 99), what="balance of 99")
 
 
@@ -95,12 +90,7 @@ def test_invalid_records_are_dead_lettered_and_processing_goes_on(
     bad = json.dumps(purchase("m-9", "ord-x", "-5")).encode()
     publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", b"not json")
     publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", bad)
-    publish(
-        settings.kafka_bootstrap,
-        settings.topic_purchases,
-        b"m-9",
-        json.dumps(purchase("m-9", "ord-ok", "5.00")).encode(),
-    )
+    send_purchase(settings, "m-9", "ord-ok", "5.00")
     eventually(lambda: balance_of(read, "m-9", 5), what="balance after bad records")
     dead = read_all(settings.kafka_bootstrap, settings.topic_dlq)
     assert [record.value for record in dead] == [b"not json", bad]

@@ -18,7 +18,7 @@ from services.ledger.processor import Processor, _Ownership
 from services.ledger.scheduler import Scheduler
 from services.ledger.topics import ensure_topics
 from tests.conftest import Isolated, Running
-from tests.integration.kafka_io import events_of, publish, purchase, read_all
+from tests.integration.kafka_io import await_events, events_of, publish, purchase, read_all, send_purchase
 from tests.integration.serving import spawn
 from tests.waiting import eventually
 
@@ -59,20 +59,8 @@ def test_a_purchase_published_twice_is_applied_once(isolated: Isolated, running:
     value = json.dumps(purchase("m-1", "o-1", "12.00")).encode()
     for _ in range(2):
         publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-1", value)
-    publish(
-        settings.kafka_bootstrap,
-        settings.topic_purchases,
-        b"m-1",
-        json.dumps(purchase("m-1", "o-2", "1")).encode(),
-    )
-    events = eventually(
-        lambda: (
-            (found := events_of(settings.kafka_bootstrap, settings.topic_events, "m-1"))
-            and len(found) >= 5
-            and found
-        ),
-        what="events of o-2",
-    )
+    send_purchase(settings, "m-1", "o-2", "1")
+    events = await_events(settings, "m-1", 5)
     assert Counter(e["type"] for e in events) == {
         "MemberEnrolled": 1,
         "PurchaseRecorded": 2,
@@ -97,12 +85,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_the_next_record_applied(
     settings = isolated.ledger()
     running.start(Processor(settings, ProgramRules()).run)
     publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-2", value)
-    publish(
-        settings.kafka_bootstrap,
-        settings.topic_purchases,
-        b"m-2",
-        json.dumps(purchase("m-2", "ok", "3")).encode(),
-    )
+    send_purchase(settings, "m-2", "ok", "3")
     eventually(
         lambda: len(events_of(settings.kafka_bootstrap, settings.topic_events, "m-2")) == 3, what="valid one"
     )

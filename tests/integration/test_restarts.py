@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import psycopg
 from fastapi.testclient import TestClient
 
@@ -12,7 +10,7 @@ from services.ledger.processor import Processor
 from services.projector.api import create_app as create_read_app
 from services.projector.projector import Projector
 from tests.conftest import Isolated, Running
-from tests.integration.kafka_io import events_of, publish, purchase, read_all
+from tests.integration.kafka_io import await_events, events_of, publish, read_all, send_purchase
 from tests.integration.test_pipeline import balance_of
 from tests.waiting import eventually
 
@@ -20,12 +18,7 @@ from tests.waiting import eventually
 def test_a_restarted_processor_continues_each_members_chain(isolated: Isolated, running: Running) -> None:
     settings = isolated.ledger()
     first = running.start(Processor(settings, ProgramRules()).run)
-    publish(
-        settings.kafka_bootstrap,
-        settings.topic_purchases,
-        b"m-1",
-        json.dumps(purchase("m-1", "o-1", "3")).encode(),
-    )
+    send_purchase(settings, "m-1", "o-1", "3")
     eventually(
         lambda: len(events_of(settings.kafka_bootstrap, settings.topic_events, "m-1")) == 3, what="3 events"
     )
@@ -34,20 +27,8 @@ def test_a_restarted_processor_continues_each_members_chain(isolated: Isolated, 
 
     running.start(Processor(settings, ProgramRules()).run)
     for purchase_id in ("o-1", "o-2"):  # o-1 again: the restored state remembers it
-        publish(
-            settings.kafka_bootstrap,
-            settings.topic_purchases,
-            b"m-1",
-            json.dumps(purchase("m-1", purchase_id, "4")).encode(),
-        )
-    events = eventually(
-        lambda: (
-            (found := events_of(settings.kafka_bootstrap, settings.topic_events, "m-1"))
-            and len(found) >= 5
-            and found
-        ),
-        what="5 events",
-    )
+        send_purchase(settings, "m-1", purchase_id, "4")
+    events = await_events(settings, "m-1", 5)
     assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5]
     assert events[3]["prev_hash"] == events[2]["hash"]
     assert [e["data"].get("purchase_id") for e in events] == [None, "o-1", "o-1", "o-2", "o-2"]
@@ -60,12 +41,7 @@ def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
     running.start(Processor(ledger, ProgramRules()).run)
     with TestClient(create_read_app(isolated.projector())) as read:
         running.start(Projector(isolated.projector()).run)
-        publish(
-            ledger.kafka_bootstrap,
-            ledger.topic_purchases,
-            b"m-2",
-            json.dumps(purchase("m-2", "o-1", "10")).encode(),
-        )
+        send_purchase(ledger, "m-2", "o-1", "10")
         eventually(lambda: balance_of(read, "m-2", 10), what="balance 10")
 
         # The same events delivered again, as a re-sent batch would deliver them.
@@ -77,21 +53,11 @@ def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
                 record.value,
                 partition=record.partition,
             )
-        publish(
-            ledger.kafka_bootstrap,
-            ledger.topic_purchases,
-            b"m-2",
-            json.dumps(purchase("m-2", "o-2", "1")).encode(),
-        )
+        send_purchase(ledger, "m-2", "o-2", "1")
         eventually(lambda: balance_of(read, "m-2", 11), what="balance 11, duplicates skipped")
 
         running.stop_all()
-        publish(
-            ledger.kafka_bootstrap,
-            ledger.topic_purchases,
-            b"m-2",
-            json.dumps(purchase("m-2", "o-3", "5")).encode(),
-        )
+        send_purchase(ledger, "m-2", "o-3", "5")
         running.start(Processor(ledger, ProgramRules()).run)
         running.start(Projector(isolated.projector()).run)
         eventually(lambda: balance_of(read, "m-2", 16), what="balance 16 after restart")
