@@ -45,6 +45,7 @@ REJECTION_STATUS = {
     errors.UnknownMember.code: 404,
     errors.UnknownTier.code: 422,
     errors.InvalidAmount.code: 422,
+    "processing_error": 500,
 }
 
 MemberIdPath = Annotated[str, Path(pattern=MEMBER_ID_PATTERN)]
@@ -116,7 +117,6 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         app.state.offsets = offsets_consumer(settings.kafka_bootstrap, "loyalty-ledger-api")
         app.state.replies = ReplyTracker(settings)
         app.state.replies.start()
-        app.state.submitted = set()
         try:
             yield
         finally:
@@ -216,7 +216,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         reply = request.app.state.replies.get(command_id)
         if reply is not None:
             return _outcome(reply)
-        if command_id in request.app.state.submitted:
+        if request.app.state.replies.expected(command_id):
             return CommandOutcome(command_id=command_id, status="pending")
         raise Problem(404, "command_not_found", "Unknown command", "no command with this id was seen here")
 
@@ -266,7 +266,7 @@ async def _send(
         await asyncio.wait_for(acknowledged, settings.command_timeout_s)
     except (KafkaError, TimeoutError) as error:
         raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
-    request.app.state.submitted.add(command_id)
+    request.app.state.replies.expect(command_id)
 
 
 def _outcome(reply: CommandReply) -> CommandOutcome:

@@ -229,6 +229,15 @@ class Processor:
         except Exception as error:  # a bug must not stall the partition: park the record
             log.exception("decision failed", extra={"command_id": command.command_id})
             self._dead_letter(record, "processing_error", f"{type(error).__name__}: {error}")
+            if replying:
+                self._reply(
+                    partition,
+                    account,
+                    command,
+                    "rejected",
+                    code="processing_error",
+                    detail="the ledger could not decide this command; it was set aside for review",
+                )
             return
         account, events = self._append(batch, partition, account, command, decided, _timestamp(record))
         if replying:

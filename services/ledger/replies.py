@@ -35,6 +35,7 @@ class ReplyTracker:
             fetch_max_wait_ms=5,
         )
         self._replies: OrderedDict[str, CommandReply] = OrderedDict()
+        self._expected: OrderedDict[str, None] = OrderedDict()
         self._changed = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[CommandReply]]]] = {}
         self._stop = threading.Event()
@@ -58,6 +59,17 @@ class ReplyTracker:
         self._stop.set()
         self._thread.join(timeout=5)
         self._consumer.close()
+
+    def expect(self, command_id: str) -> None:
+        """Remember that this instance sent the command, so that it reads as pending until answered."""
+        with self._changed:
+            self._expected[command_id] = None
+            while len(self._expected) > REMEMBERED:
+                self._expected.popitem(last=False)
+
+    def expected(self, command_id: str) -> bool:
+        with self._changed:
+            return command_id in self._expected
 
     def get(self, command_id: str) -> CommandReply | None:
         with self._changed:
