@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,5 +44,4 @@ def bench_env() -> Iterator[dict[str, str]]:
             "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
         }
     finally:
-        stack.down()
-        shutil.rmtree(state_dir, ignore_errors=True)
+        stack.purge(state_dir)

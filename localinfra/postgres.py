@@ -32,6 +32,8 @@ class PostgresNode:
         state directory holds a link to it.
         """
         home = state_dir / "postgres"
+        if home.is_symlink():
+            return cls(home=home.resolve(), port=port, database=database)
         owner = _service_user()
         if owner is not None and not home.exists() and not _reachable(owner, state_dir):
             digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
@@ -39,6 +41,8 @@ class PostgresNode:
             target.mkdir(parents=True, exist_ok=True)
             state_dir.mkdir(parents=True, exist_ok=True)
             home.symlink_to(target)
+            # Postgres is given the real path: the link itself sits where it cannot look.
+            return cls(home=target, port=port, database=database)
         return cls(home=home, port=port, database=database)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,13 @@ class LocalStack:
             self.kafka.down()
         if self.postgres is not None:
             self.postgres.down()
+
+    def purge(self, state_dir: Path) -> None:
+        """Stop what is local and delete its data, wherever the cluster had to live."""
+        self.down()
+        if self.postgres is not None:
+            shutil.rmtree(self.postgres.home, ignore_errors=True)
+        shutil.rmtree(state_dir, ignore_errors=True)
 
     def status(self) -> list[str]:
         lines = []

@@ -66,11 +66,7 @@ def _containers() -> Iterator[dict[str, str]]:
 @contextmanager
 def _local(configured: dict[str, str]) -> Iterator[dict[str, str]]:
     if STATE_DIR.exists():
-        LocalStack.from_env({}, state_dir=STATE_DIR).down()
-        postgres_home = STATE_DIR / "postgres"
-        if postgres_home.is_symlink():
-            shutil.rmtree(postgres_home.resolve(), ignore_errors=True)
-        shutil.rmtree(STATE_DIR)
+        LocalStack.from_env({}, state_dir=STATE_DIR).purge(STATE_DIR)
     env = {
         **configured,
         "LOYALTY_LOCAL_KAFKA_PORT": str(free_port()),

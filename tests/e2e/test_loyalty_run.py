@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +34,7 @@ def run_env() -> Iterator[dict[str, str]]:
         LOYALTY_READ_PORT=str(free_port()),
     )
     yield env
-    LocalStack.from_env(env, state_dir=state).down()
-    shutil.rmtree(state, ignore_errors=True)
+    LocalStack.from_env(env, state_dir=state).purge(state)
 
 
 class System:
