@@ -14,6 +14,7 @@ from localinfra.postgres import PostgresNode
 from localinfra.process import InfraError
 from localinfra.stack import LocalStack
 from services.cli import COMPONENTS
+from services.ledger.settings import LedgerSettings
 
 
 def run_all() -> int:
@@ -41,7 +42,8 @@ def run_all() -> int:
             return 1
 
     children = {
-        name: subprocess.Popen([*prepare, name], env=env, stdin=subprocess.DEVNULL) for name in COMPONENTS
+        name: subprocess.Popen([*prepare, component], env=child_env, stdin=subprocess.DEVNULL)
+        for name, component, child_env in _instances(env)
     }
     ledger = f"http://{env.get('LOYALTY_LEDGER_HOST', '127.0.0.1')}:{env.get('LOYALTY_LEDGER_PORT', '8000')}"
     read = f"http://{env.get('LOYALTY_READ_HOST', '127.0.0.1')}:{env.get('LOYALTY_READ_PORT', '8001')}"
@@ -71,6 +73,27 @@ def run_all() -> int:
         return 1
     print("stopped", flush=True)
     return 0
+
+
+def _instances(env: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, component, environment) of every process: LOYALTY_PROCESSORS processors, one of the rest.
+
+    Processors on one host need instance names of their own: each is a transactional id.
+    """
+    settings = LedgerSettings()  # processor settings come from the environment, not from the stack
+    found = []
+    for component in COMPONENTS:
+        if component != "processor":
+            found.append((component, component, env))
+            continue
+        for index in range(settings.processors):
+            instance = (
+                settings.processor_instance
+                if settings.processors == 1
+                else f"{settings.processor_instance}-{index}"
+            )
+            found.append((f"processor-{index}", component, {**env, "LOYALTY_PROCESSOR_INSTANCE": instance}))
+    return found
 
 
 def _stop_infra(nodes: list[KafkaNode | PostgresNode]) -> None:

@@ -16,6 +16,8 @@ class LedgerSettings(KafkaSettings):
     processor_group: str = "loyalty-ledger"
     # Stable across restarts of one instance, so a restart fences and aborts what it left open.
     processor_instance: str = Field(default_factory=socket.gethostname)
+    # Processor processes `loyalty run` starts; more instances split the partitions.
+    processors: int = Field(default=1, ge=1, le=64)
     processor_batch_max: int = Field(default=2000, ge=1)
     transaction_timeout_ms: int = Field(default=15_000, ge=1000)
     # How soon the group notices a dead instance and hands its partitions to another.

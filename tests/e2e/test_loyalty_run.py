@@ -32,6 +32,7 @@ def run_env() -> Iterator[dict[str, str]]:
         LOYALTY_LOCAL_PG_PORT=str(free_port()),
         LOYALTY_LEDGER_PORT=str(free_port()),
         LOYALTY_READ_PORT=str(free_port()),
+        LOYALTY_PROCESSORS="2",  # two processor processes splitting the partitions
     )
     yield env
     LocalStack.from_env(env, state_dir=state).purge(state)
@@ -93,6 +94,12 @@ def test_run_serves_purchases_and_keeps_balances_across_restarts(
         assert system.stop() == 0, (tmp_path / "run.log").read_text()[-3000:]
     stack = LocalStack.from_env(run_env, state_dir=Path(run_env["LOYALTY_STATE_DIR"]))
     assert stack.status() == ["kafka: stopped", "postgres: stopped"]
+    started = [
+        json.loads(line)
+        for line in (tmp_path / "run.log").read_text().splitlines()
+        if line.startswith("{") and '"processor started"' in line
+    ]
+    assert len({entry["transactional_id"] for entry in started}) == 2
 
     again = System(run_env, tmp_path / "run.log")
     try:
