@@ -45,6 +45,9 @@ class PurchaseRecorded(EventData):
     store_id: str | None = None
     channel: str | None = None
     items: tuple[PurchaseItem, ...] = ()
+    # The account forgets purchases that occurred before this instant: past the refund window
+    # and every qualifying window still to be evaluated. It keeps a member's state bounded.
+    forget_before: datetime | None = None
 
 
 class EarningRule(BaseModel):

@@ -65,6 +65,7 @@ class ProgramRules(_Strict):
     category_bonuses: tuple[CategoryBonus, ...] = ()
     expiry_months: int = Field(default=24, ge=1, le=1200)
     pending_days: int = Field(default=0, ge=0, le=365)
+    refund_window_days: int = Field(default=365, ge=1, le=3650, description="refunds accepted this long")
     redemption_value_minor_per_point: int = Field(default=10, ge=0, description="100 points = 10 CNY")
     active_days: int = Field(default=30, ge=1)
     silent_days: int = Field(default=180, ge=1)

@@ -45,6 +45,7 @@ REJECTION_STATUS = {
     errors.UnknownMember.code: 404,
     errors.UnknownTier.code: 422,
     errors.InvalidAmount.code: 422,
+    errors.PurchaseTooOld.code: 422,
     "processing_error": 500,
 }
 

@@ -47,7 +47,10 @@ def test_a_first_purchase_enrols_the_member_and_earns_one_point_per_whole_cny() 
     events = decide(Account.new(MEMBER), purchase("o-1", 12990), RULES)
     assert events == [
         MemberEnrolled(via="purchase", tier="regular"),
-        PurchaseRecorded(purchase_id="o-1", amount_minor=12990, currency="CNY"),
+        # 12 months back is older than 365 days back (2024 was a leap year): the older one.
+        PurchaseRecorded(
+            purchase_id="o-1", amount_minor=12990, currency="CNY", forget_before=at(2024, 1, 15)
+        ),
         PointsEarned(
             purchase_id="o-1",
             lot_id="purchase:o-1",

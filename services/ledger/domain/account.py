@@ -91,6 +91,9 @@ class Account:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     rules_version: int = 0
     rules_fingerprint: str = ""
+    # Purchases before this instant have been forgotten: they can no longer be refunded or
+    # recognised as duplicates, so a purchase that old is refused.
+    forgotten_before: datetime | None = None
 
     @classmethod
     def new(cls, member_id: str) -> Account:
@@ -139,7 +142,11 @@ def _apply(account: Account, event: Event) -> Account:
             purchase = Purchase(
                 command_id=event.command_id, amount_minor=data.amount_minor, occurred_at=event.occurred_at
             )
-            return _set(account, purchases={**account.purchases, data.purchase_id: purchase})
+            purchases = {**account.purchases, data.purchase_id: purchase}
+            if data.forget_before is None:
+                return _set(account, purchases=purchases)
+            kept = {key: p for key, p in purchases.items() if p.occurred_at >= data.forget_before}
+            return _set(account, purchases=kept, forgotten_before=data.forget_before)
         case PointsEarned():
             account = _update_purchase(account, data.purchase_id, earned=data.points)
             account = _set(account, lifetime_earned=account.lifetime_earned + data.points)

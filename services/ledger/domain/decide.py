@@ -6,6 +6,7 @@ happens; it never mutates the account. An empty list means the command was alrea
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import singledispatch
 
 from schemas.events import (
@@ -45,6 +46,7 @@ from services.ledger.domain.earning import points_for
 from services.ledger.domain.errors import (
     InsufficientPoints,
     InvalidAmount,
+    PurchaseTooOld,
     RefundExceedsPurchase,
     RulesChangedWithoutNewVersion,
     UnknownMember,
@@ -84,6 +86,11 @@ def _decide(command: Command, account: Account, rules: ProgramRules) -> list[Eve
 
 @_decide.register
 def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) -> list[EventData]:
+    if account.forgotten_before is not None and command.occurred_at < account.forgotten_before:
+        raise PurchaseTooOld(
+            f"purchases before {account.forgotten_before.isoformat()} are past the refund and qualifying "
+            "windows and can no longer be recorded"
+        )
     events: list[EventData] = []
     if not account.enrolled:
         events.append(MemberEnrolled(via="purchase", tier=rules.tiers[0].name))
@@ -96,6 +103,7 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
             store_id=command.store_id,
             channel=command.channel,
             items=command.items,
+            forget_before=_forget_before(account, command, rules),
         )
     )
     # The tier in force when the purchase is made sets its multiplier; a promotion it causes
@@ -136,11 +144,25 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
     return events
 
 
+def _forget_before(account: Account, command: RecordPurchase, rules: ProgramRules) -> datetime:
+    """The oldest instant the account still needs: refunds, the window of the pending evaluation."""
+    needed = [
+        add_months(command.occurred_at, -rules.qualifying_window_months),
+        add_days(command.occurred_at, -rules.refund_window_days),
+    ]
+    if account.next_evaluation_at is not None:
+        needed.append(add_months(account.next_evaluation_at, -rules.qualifying_window_months))
+    horizon = min(needed)
+    return horizon if account.forgotten_before is None else max(horizon, account.forgotten_before)
+
+
 @_decide.register
 def _refund(command: RefundPurchase, account: Account, rules: ProgramRules) -> list[EventData]:
     purchase = account.purchases.get(command.purchase_id)
     if purchase is None:
-        raise UnknownPurchase(f"member has no purchase {command.purchase_id!r}")
+        raise UnknownPurchase(
+            f"member has no purchase {command.purchase_id!r} (or it is past the refund window)"
+        )
     if command.amount_minor <= 0:
         raise InvalidAmount("a refund amount must be positive")
     refundable = purchase.amount_minor - purchase.refunded_minor

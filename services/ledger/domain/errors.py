@@ -41,3 +41,7 @@ class RulesChangedWithoutNewVersion(LedgerError):
 
 class InvalidAmount(LedgerError):
     code = "invalid_amount"
+
+
+class PurchaseTooOld(LedgerError):
+    code = "purchase_too_old"
