@@ -108,13 +108,8 @@ def main() -> None:
     parser.add_argument("--processors", type=int, default=1, help="instances in the group, each a process")
     args = parser.parse_args()
     with bench_env() as env:
-        settings = LedgerSettings(
-            **{
-                k.removeprefix("LOYALTY_").lower(): v
-                for k, v in env.items()
-                if k.removeprefix("LOYALTY_").lower() in LedgerSettings.model_fields
-            }
-        )
+        os.environ.update(env)  # the processes it starts and these settings read the same
+        settings = LedgerSettings()
         ensure_topics(settings)
         print(f"loading {args.purchases} purchases for {args.members} members ...", flush=True)
         load(settings, settings.topic_purchases, args.purchases, args.members)

@@ -1,12 +1,14 @@
-"""End offsets of a topic, bounded in time: the basis of readiness and lag on both sides."""
+"""Group-less read_committed reading: end offsets for readiness and lag, and followers of a topic."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 
-def offsets_consumer(bootstrap: str, client_id: str) -> KafkaConsumer:
-    """A group-less read_committed consumer that only asks for offsets."""
+def committed_reader(bootstrap: str, client_id: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer outside any group that sees committed transactions only; it assigns and seeks itself."""
     return KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -14,6 +16,7 @@ def offsets_consumer(bootstrap: str, client_id: str) -> KafkaConsumer:
         isolation_level="read_committed",
         enable_auto_commit=False,
         request_timeout_ms=5000,
+        **overrides,
     )
 
 

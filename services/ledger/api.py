@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMessage, RefundMessage
 from schemas.position import encode_position
-from services.kafka_offsets import end_offsets, offsets_consumer
+from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.command_messages import (
     AdjustmentBody,
     AnyBody,
@@ -115,7 +115,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             # send() waits for metadata on the event loop: bounded, so an outage answers 503 quickly.
             max_block_ms=2000,
         )
-        app.state.offsets = offsets_consumer(settings.kafka_bootstrap, "loyalty-ledger-api")
+        app.state.offsets = committed_reader(settings.kafka_bootstrap, "loyalty-ledger-api")
         app.state.replies = ReplyTracker(settings)
         app.state.replies.start()
         try:

@@ -151,7 +151,7 @@ class Processor:
         batch = _Batch(self.store)
         self._producer.begin_transaction()
         try:
-            if self.rules_unchecked and partition_for(PROGRAM_STREAM, self.partitions) in self.store.owned():
+            if self.rules_unchecked:
                 self._record_rules(batch)
             for partition_records in records.values():
                 for record in partition_records:

@@ -12,9 +12,10 @@ import threading
 import time
 from collections import OrderedDict
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from pydantic import ValidationError
 
+from services.kafka_offsets import committed_reader
 from services.ledger.command_messages import CommandReply
 from services.ledger.settings import LedgerSettings
 
@@ -26,13 +27,8 @@ REMEMBERED = 100_000
 class ReplyTracker:
     def __init__(self, settings: LedgerSettings) -> None:
         self._topic = settings.topic_replies
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            group_id=None,
-            client_id="loyalty-ledger-api-replies",
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=5,
+        self._consumer = committed_reader(
+            settings.kafka_bootstrap, "loyalty-ledger-api-replies", fetch_max_wait_ms=5
         )
         self._replies: OrderedDict[str, CommandReply] = OrderedDict()
         self._expected: OrderedDict[str, None] = OrderedDict()

@@ -11,8 +11,9 @@ import logging
 import time
 from datetime import datetime
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
+from services.kafka_offsets import committed_reader
 from services.ledger.domain.account import Account, account_from_json
 from services.ledger.settings import LedgerSettings
 
@@ -63,13 +64,7 @@ class StateStore:
         started = time.monotonic()
         topic = self._settings.topic_state
         tps = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            client_id="loyalty-state-restore",
-        )
+        consumer = committed_reader(self._settings.kafka_bootstrap, "loyalty-state-restore")
         try:
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)

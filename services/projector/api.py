@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
 from schemas.inbound import MEMBER_ID_PATTERN
-from services.kafka_offsets import end_offsets, offsets_consumer
+from services.kafka_offsets import committed_reader, end_offsets
 from services.problems import Problem, install_problem_handlers
 from services.projector import store
 from services.projector.migrate import migrate
@@ -45,7 +45,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate(settings.database_url)
         app.state.pool = ConnectionPool(settings.database_url, min_size=1, max_size=8, open=True)
-        app.state.offsets = offsets_consumer(settings.kafka_bootstrap, "loyalty-read-api")
+        app.state.offsets = committed_reader(settings.kafka_bootstrap, "loyalty-read-api")
         try:
             yield
         finally:
