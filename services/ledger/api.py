@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMessage, RefundMessage
 from schemas.position import encode_position
+from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.command_messages import (
     AdjustmentBody,
@@ -127,6 +128,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
 
     app = FastAPI(title="Loyalty ledger: command API", version="1", lifespan=lifespan)
     install_problem_handlers(app)
+    install_http_metrics(app, "ledger-api")
 
     async def submit(
         request: Request, response: Response, body: AnyBody, member_id: str, key: str | None

@@ -1,16 +1,22 @@
-"""What a batch of events changes in the read models, decided without touching the database."""
+"""What a batch of events changes in the read models, decided without touching the database.
+
+Events are folded into per-row increments (members, lots, days) and new rows (events, tier
+history); the store writes them in one transaction with the checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from pydantic import ValidationError
 
 from schemas.events import (
     Event,
     EventData,
+    LotPoints,
+    MemberEnrolled,
     PointsAdjusted,
     PointsEarned,
     PointsExpired,
@@ -18,13 +24,63 @@ from schemas.events import (
     PointsRedeemed,
     PointsRestored,
     PointsReversed,
+    ProgramRulesChanged,
+    PurchaseRecorded,
+    PurchaseRefunded,
     RedemptionCancelled,
+    TierChanged,
+    TierRetained,
 )
+from schemas.money import to_minor
 
 
-@dataclass
-class BalanceChange:
-    """Increments to one member's balance row, and the last event they include."""
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What one event does to a member's point totals."""
+
+    available: int = 0
+    pending: int = 0
+    lifetime_earned: int = 0
+    redeemed: int = 0
+    expired: int = 0
+    reversed: int = 0
+    adjusted: int = 0
+
+    @property
+    def outstanding(self) -> int:
+        return self.available + self.pending
+
+
+NO_CHANGE = Delta()
+
+
+def delta(data: EventData) -> Delta:
+    match data:
+        case PointsEarned():
+            if data.matures_at is None:
+                return Delta(available=data.points, lifetime_earned=data.points)
+            return Delta(pending=data.points, lifetime_earned=data.points)
+        case PointsMatured():
+            return Delta(available=data.points, pending=-data.points)
+        case PointsReversed():
+            from_pending = sum(item.points for item in data.from_pending)
+            return Delta(available=from_pending - data.points, pending=-from_pending, reversed=data.points)
+        case PointsRedeemed():
+            return Delta(available=-data.points, redeemed=data.points)
+        case RedemptionCancelled():
+            return Delta(redeemed=-data.points)
+        case PointsRestored():
+            return Delta(available=data.points)
+        case PointsAdjusted():
+            return Delta(available=data.points, adjusted=data.points)
+        case PointsExpired():
+            return Delta(available=-data.points, expired=data.points)
+    return NO_CHANGE
+
+
+@dataclass(slots=True)
+class MemberChange:
+    """Increments to one member's row, and the latest values of the fields an event sets."""
 
     last_sequence: int
     last_event_at: datetime
@@ -34,38 +90,78 @@ class BalanceChange:
     redeemed: int = 0
     expired: int = 0
     reversed: int = 0
+    adjusted: int = 0
+    enrolled_at: datetime | None = None
+    tier: str | None = None
+    tier_changed_at: datetime | None = None
+    evaluation_set: bool = False
+    next_evaluation_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    purchases: int = 0
+    spend_minor: int = 0
+    refunded_minor: int = 0
 
-    def apply(self, data: EventData) -> None:
-        match data:
-            case PointsEarned():
-                self.lifetime_earned += data.points
-                if data.matures_at is None:
-                    self.available += data.points
-                else:
-                    self.pending += data.points
-            case PointsMatured():
-                self.pending -= data.points
-                self.available += data.points
-            case PointsReversed():
-                from_pending = sum(item.points for item in data.from_pending)
-                self.pending -= from_pending
-                self.available -= data.points - from_pending
-                self.reversed += data.points
-            case PointsRedeemed():
-                self.available -= data.points
-                self.redeemed += data.points
-            case RedemptionCancelled():
-                self.redeemed -= data.points
-            case PointsRestored() | PointsAdjusted():
-                self.available += data.points
-            case PointsExpired():
-                self.available -= data.points
-                self.expired += data.points
+    def add(self, change: Delta) -> None:
+        self.available += change.available
+        self.pending += change.pending
+        self.lifetime_earned += change.lifetime_earned
+        self.redeemed += change.redeemed
+        self.expired += change.expired
+        self.reversed += change.reversed
+        self.adjusted += change.adjusted
+
+
+@dataclass(slots=True)
+class LotChange:
+    points: int = 0
+    expires_at: datetime | None = None
+    matures_at: datetime | None = None
+    matured: bool = False
+
+
+@dataclass(slots=True)
+class DayChange:
+    enrolments: int = 0
+    purchases: int = 0
+    spend_minor: int = 0
+    refunded_minor: int = 0
+    points_earned: int = 0
+    points_redeemed: int = 0
+    points_expired: int = 0
+    points_reversed: int = 0
+    points_adjusted: int = 0
+    points_outstanding: int = 0
+    promotions: int = 0
+    demotions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    event: Event
+    change: Delta
+    raw: str
+    amount_minor: int | None
+    reference: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewPurchase:
+    occurred_at: datetime
+    amount_minor: int
 
 
 @dataclass
 class Folded:
-    balances: dict[str, BalanceChange] = field(default_factory=dict)
+    members: dict[str, MemberChange] = field(default_factory=dict)
+    lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
+    purchases: dict[tuple[str, str], NewPurchase] = field(default_factory=dict)
+    refunds: dict[tuple[str, str], int] = field(default_factory=dict)
+    categories: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    tier_history: list[tuple[Event, TierChanged]] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    days: dict[date, DayChange] = field(default_factory=dict)
+    tier_days: dict[tuple[date, str], int] = field(default_factory=dict)
+    rules: list[tuple[Event, ProgramRulesChanged]] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -75,14 +171,20 @@ UNKNOWN_TYPE = "unknown_type"
 MALFORMED = "malformed"
 
 
-def decode(raw: bytes | None) -> Event | str:
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    event: Event
+    raw: str
+
+
+def decode(raw: bytes | None) -> Decoded | str:
     """The event, or why it is skipped: a type this projector does not know, or a broken record.
 
     Neither may stop the projector; both are counted, and a newer projector can replay them.
     """
     try:
-        return Event.from_bytes(raw or b"")
-    except ValidationError:
+        return Decoded(Event.from_bytes(raw or b""), (raw or b"").decode())
+    except (ValidationError, UnicodeDecodeError):
         try:
             known = json.loads(raw or b"").get("type") in EventData.registry
         except (ValueError, AttributeError):
@@ -90,24 +192,155 @@ def decode(raw: bytes | None) -> Event | str:
         return MALFORMED if known else UNKNOWN_TYPE
 
 
-def fold(events: list[Event | str], last_sequences: dict[str, int]) -> Folded:
+def fold(records: list[Decoded | str], last_sequences: dict[str, int]) -> Folded:
     """Apply each event once: one at or below the member's last applied sequence is a duplicate."""
     folded = Folded()
-    for event in events:
-        if isinstance(event, str):
-            folded.skipped[event] = folded.skipped.get(event, 0) + 1
+    for record in records:
+        if isinstance(record, str):
+            folded.skipped[record] = folded.skipped.get(record, 0) + 1
             continue
+        event = record.event
         if event.sequence <= last_sequences.get(event.member_id, 0):
             folded.duplicates += 1
             continue
         last_sequences[event.member_id] = event.sequence
         folded.applied += 1
-        if event.member_id.startswith("$"):  # the program's own stream has no member rows
-            continue
-        change = folded.balances.get(event.member_id)
-        if change is None:
-            change = folded.balances[event.member_id] = BalanceChange(event.sequence, event.occurred_at)
-        change.last_sequence = event.sequence
-        change.last_event_at = max(change.last_event_at, event.occurred_at)
-        change.apply(event.data)
+        _apply(folded, event, record.raw)
     return folded
+
+
+def _apply(folded: Folded, event: Event, raw: str) -> None:
+    member = folded.members.get(event.member_id)
+    if member is None:
+        member = folded.members[event.member_id] = MemberChange(event.sequence, event.occurred_at)
+    member.last_sequence = event.sequence
+    member.last_event_at = max(member.last_event_at, event.occurred_at)
+    data = event.data
+    if isinstance(data, ProgramRulesChanged):  # the program's own stream: no member rows
+        folded.rules.append((event, data))
+        return
+    change = delta(data)
+    member.add(change)
+    day = _day(folded, event.occurred_at.date())
+    day.points_earned += change.lifetime_earned
+    day.points_redeemed += change.redeemed
+    day.points_expired += change.expired
+    day.points_reversed += change.reversed
+    day.points_adjusted += change.adjusted
+    day.points_outstanding += change.outstanding
+    amount, reference = _what(data)
+    folded.events.append(EventRow(event, change, raw, amount, reference))
+    _lots(folded, event.member_id, data)
+    match data:
+        case MemberEnrolled():
+            member.enrolled_at = event.occurred_at
+            member.tier = data.tier
+            day.enrolments += 1
+            _tier_day(folded, event.occurred_at.date(), data.tier, 1)
+        case PurchaseRecorded():
+            folded.purchases[(event.member_id, data.purchase_id)] = NewPurchase(
+                event.occurred_at, data.amount_minor
+            )
+            if member.last_purchase_at is None or event.occurred_at > member.last_purchase_at:
+                member.last_purchase_at = event.occurred_at
+            member.purchases += 1
+            member.spend_minor += data.amount_minor
+            day.purchases += 1
+            day.spend_minor += data.amount_minor
+            for category in {item.category for item in data.items}:
+                spend = sum(to_minor(item.amount) for item in data.items if item.category == category)
+                key = (event.member_id, category)
+                before = folded.categories.get(key, (0, 0))
+                folded.categories[key] = (before[0] + spend, before[1] + 1)
+        case PurchaseRefunded():
+            folded.refunds[(event.member_id, data.purchase_id)] = data.refunded_total_minor
+            member.refunded_minor += data.amount_minor
+            day.refunded_minor += data.amount_minor
+        case TierChanged():
+            member.tier = data.to_tier
+            member.tier_changed_at = event.occurred_at
+            member.evaluation_set = True
+            member.next_evaluation_at = data.next_evaluation_at
+            folded.tier_history.append((event, data))
+            if data.reason == "promotion":
+                day.promotions += 1
+            elif data.reason == "demotion":
+                day.demotions += 1
+            _tier_day(folded, event.occurred_at.date(), data.from_tier, -1)
+            _tier_day(folded, event.occurred_at.date(), data.to_tier, 1)
+        case TierRetained():
+            member.evaluation_set = True
+            member.next_evaluation_at = data.next_evaluation_at
+
+
+def _what(data: EventData) -> tuple[int | None, str | None]:
+    """The money amount and the business id an event is about, for the activity feed."""
+    match data:
+        case PurchaseRecorded():
+            return data.amount_minor, data.purchase_id
+        case PurchaseRefunded():
+            return data.amount_minor, data.refund_id
+        case PointsEarned():
+            return None, data.purchase_id
+        case PointsReversed():
+            return None, data.refund_id
+        case PointsRedeemed():
+            return data.value_minor, data.redemption_id
+        case RedemptionCancelled() | PointsRestored():
+            return None, data.redemption_id
+        case PointsAdjusted():
+            return None, data.adjustment_id
+        case PointsMatured():
+            return None, data.lot_id
+    return None, None
+
+
+def _lots(folded: Folded, member_id: str, data: EventData) -> None:
+    """Lot movements, as the ledger makes them: debt is repaid before a lot opens."""
+    match data:
+        case PointsEarned() if data.matures_at is not None:
+            lot = _lot(folded, member_id, data.lot_id, data.points, data.expires_at)
+            lot.matures_at = data.matures_at
+        case PointsEarned():
+            _lot(folded, member_id, data.lot_id, data.points - data.debt_repaid, data.expires_at)
+        case PointsMatured():
+            lot = _lot(folded, member_id, data.lot_id, -data.debt_repaid, None)
+            lot.matured = True
+            lot.matures_at = None
+        case PointsReversed():
+            _take(folded, member_id, (*data.from_pending, *data.from_lots), -1)
+        case PointsRedeemed():
+            _take(folded, member_id, data.from_lots, -1)
+        case PointsRestored():
+            _take(folded, member_id, data.to_lots, 1)
+        case PointsAdjusted() if data.lot_id is not None and data.points > 0:
+            _lot(folded, member_id, data.lot_id, data.points - data.debt_repaid, data.expires_at)
+        case PointsAdjusted():
+            _take(folded, member_id, data.from_lots, -1)
+        case PointsExpired():
+            _take(folded, member_id, data.lots, -1)
+
+
+def _take(folded: Folded, member_id: str, moved: tuple[LotPoints, ...], sign: int) -> None:
+    for item in moved:
+        _lot(folded, member_id, item.lot_id, sign * item.points, item.expires_at)
+
+
+def _lot(folded: Folded, member_id: str, lot_id: str, points: int, expires_at: datetime | None) -> LotChange:
+    lot = folded.lots.get((member_id, lot_id))
+    if lot is None:
+        lot = folded.lots[(member_id, lot_id)] = LotChange()
+    lot.points += points
+    lot.expires_at = expires_at or lot.expires_at
+    return lot
+
+
+def _day(folded: Folded, day: date) -> DayChange:
+    found = folded.days.get(day)
+    if found is None:
+        found = folded.days[day] = DayChange()
+    return found
+
+
+def _tier_day(folded: Folded, day: date, tier: str, members: int) -> None:
+    folded.tier_days[(day, tier)] = folded.tier_days.get((day, tier), 0) + members

@@ -82,13 +82,16 @@ class Projector:
 
     def apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.monotonic()
-        records = [record for partition_records in batch.values() for record in partition_records]
-        events = [decode(record.value) for record in records]
-        next_offsets = {tp.partition: recs[-1].offset + 1 for tp, recs in batch.items()}
+        records = [
+            decode(record.value) for partition_records in batch.values() for record in partition_records
+        ]
+        read = {tp.partition: (recs[-1].offset + 1, len(recs)) for tp, recs in batch.items()}
+        topic = self._settings.topic_events
         with self._conn.transaction():
-            members = {event.member_id for event in events if not isinstance(event, str)}
-            folded = fold(events, store.last_sequences(self._conn, members))
-            store.write(self._conn, folded, self._settings.topic_events, next_offsets)
+            store.lock_partitions(self._conn, topic, read)
+            members = {record.event.member_id for record in records if not isinstance(record, str)}
+            folded = fold(records, store.last_sequences(self._conn, members))
+            store.write(self._conn, folded, topic, read, time.monotonic() - started)
         if folded.skipped:
             log.warning("events skipped", extra={"skipped": folded.skipped})
         log.debug(

@@ -15,3 +15,5 @@ class ProjectorSettings(KafkaSettings):
     projector_batch_max: int = Field(default=5000, ge=1)
     # /readyz fails while the projector is further behind than this many records.
     ready_max_lag: int = Field(default=1000, ge=0)
+    # A read with `min_position` waits at most this long for the position to be applied.
+    read_wait_s: float = Field(default=5.0, gt=0, le=60)

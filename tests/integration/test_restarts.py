@@ -63,7 +63,5 @@ def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
         eventually(lambda: balance_of(read, "m-2", 16), what="balance 16 after restart")
 
     with psycopg.connect(isolated.env["LOYALTY_DATABASE_URL"]) as conn:
-        row = conn.execute(
-            "SELECT lifetime_earned, last_sequence FROM member_balances WHERE member_id = 'm-2'"
-        )
+        row = conn.execute("SELECT lifetime_earned, last_sequence FROM members WHERE member_id = 'm-2'")
         assert row.fetchone() == (16, 7)

@@ -36,8 +36,8 @@ def test_events_at_or_below_the_applied_sequence_are_duplicates() -> None:
     raw = events_for("m-1", [1000, 2000, 3000])
     folded = fold([decode(r) for r in raw + raw[:2]], {"m-1": 2})
     assert folded.duplicates == 4
-    assert folded.balances["m-1"].available == 60
-    assert folded.balances["m-1"].last_sequence == 7
+    assert folded.members["m-1"].available == 60
+    assert folded.members["m-1"].last_sequence == 7
 
 
 def test_unknown_and_broken_events_are_counted_not_fatal() -> None:
@@ -46,4 +46,4 @@ def test_unknown_and_broken_events_are_counted_not_fatal() -> None:
         [decode(unknown), decode(b"{not json"), decode(None), *map(decode, events_for("m-2", [500]))], {}
     )
     assert folded.skipped == {UNKNOWN_TYPE: 1, MALFORMED: 2}
-    assert folded.balances["m-2"].available == 5
+    assert folded.members["m-2"].available == 5
