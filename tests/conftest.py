@@ -32,10 +32,10 @@ class Isolated:
     env: dict[str, str]
 
     def ledger(self, **overrides: Any) -> LedgerSettings:
-        return LedgerSettings(**self._fields(LedgerSettings), **overrides)
+        return LedgerSettings(**{**self._fields(LedgerSettings), **overrides})
 
     def projector(self, **overrides: Any) -> ProjectorSettings:
-        return ProjectorSettings(**self._fields(ProjectorSettings), **overrides)
+        return ProjectorSettings(**{**self._fields(ProjectorSettings), **overrides})
 
     def _fields(self, model: type[LedgerSettings] | type[ProjectorSettings]) -> dict[str, str]:
         prefix = "LOYALTY_"

@@ -49,6 +49,8 @@ class Projector:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=settings.projector_batch_max,
+            session_timeout_ms=settings.projector_session_timeout_ms,
+            heartbeat_interval_ms=min(3000, settings.projector_session_timeout_ms // 3),
             metadata_max_age_ms=30_000,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from schemas.events import Event, EventData, LotPoints
@@ -148,6 +149,15 @@ def given(*commands: Command, rules: ProgramRules = RULES, member_id: str = MEMB
     for command in commands:
         account, _, _ = apply(account, command, rules)
     return account
+
+
+def log_of(member_id: str, *commands: Command, rules: ProgramRules = RULES) -> list[Event]:
+    """The events the processor appends for this member, given the commands in turn."""
+    account, log = Account.new(member_id), []
+    for command in commands:
+        account, _, events = apply(account, replace(command, member_id=member_id), rules)
+        log.extend(events)
+    return log
 
 
 def of_type(events: Iterable[EventData], kind: type[EventData]) -> list[EventData]:

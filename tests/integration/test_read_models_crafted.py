@@ -1,0 +1,147 @@
+"""Segments, program metrics and balances in time, on crafted histories with answers worked out by hand."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from schemas.rules import ProgramRules
+from services.ledger.domain.account import Account
+from services.ledger.domain.chain import seal
+from services.ledger.domain.decide import decide
+from tests.conftest import Isolated, Running
+from tests.integration.projection import projected
+from tests.unit import ledger_fixtures as make
+from tests.unit.ledger_fixtures import at, log_of
+
+
+def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running: Running) -> None:
+    now = datetime.now(UTC)
+
+    def ago(days: int) -> datetime:
+        return now - timedelta(days=days)
+
+    log = [
+        *log_of("s-active", make.purchase("a1", 10000, ago(5), [make.item("shoes", "100.00")])),
+        *log_of("s-silent", make.purchase("b1", 10000, ago(60))),
+        *log_of("s-churned", make.purchase("c1", 10000, ago(200))),
+        *log_of(
+            "s-gold",
+            make.purchase(
+                "d1", 900000, ago(10), [make.item("beauty", "6000.00"), make.item("shoes", "3000.00")]
+            ),
+        ),
+        *log_of("s-plat", make.purchase("e1", 5000, ago(100)), make.set_tier("platinum", ago(99))),
+    ]
+    with projected(isolated, running, log) as read:
+
+        def segment(name: str) -> list[str]:
+            response = read.get(f"/v1/segments/{name}/members")
+            assert response.status_code == 200, response.text
+            return [member["member_id"] for member in response.json()["members"]]
+
+        assert segment("active") == ["s-active", "s-gold"]
+        assert segment("silent") == ["s-plat", "s-silent"]
+        assert segment("churned") == ["s-churned"]
+        assert segment("regular") == ["s-active", "s-churned", "s-silent"]
+        assert segment("gold") == ["s-gold"]
+        assert segment("platinum") == ["s-plat"]
+        # 5 members: the top 10% by spend is one member, and the top tier is core too.
+        assert segment("core") == ["s-gold", "s-plat"]
+        assert segment("category:beauty") == ["s-gold"]
+        assert segment("category:shoes") == ["s-active"]
+
+        first = read.get("/v1/segments/regular/members", params={"limit": 2}).json()
+        assert [m["member_id"] for m in first["members"]] == ["s-active", "s-churned"]
+        rest = read.get(
+            "/v1/segments/regular/members", params={"limit": 2, "cursor": first["next_cursor"]}
+        ).json()
+        assert [m["member_id"] for m in rest["members"]] == ["s-silent"]
+        assert rest["next_cursor"] is None
+
+        assert read.get("/v1/members/s-silent").json()["segment"] == "silent"
+        assert read.get("/v1/members/s-churned").json()["segment"] == "churned"
+
+
+def test_program_metrics_per_month_and_day(isolated: Isolated, running: Running) -> None:
+    rules = ProgramRules(expiry_months=1)
+    log = [
+        *log_of(
+            "m-1",
+            make.purchase("o-1", 100000, at(2025, 1, 5)),  # 1000 points, expire 5 Feb
+            make.tick(at(2025, 2, 6)),  # 1000 expire
+            make.purchase("o-4", 20000, at(2025, 2, 20)),  # 200 points
+            rules=rules,
+        ),
+        *log_of(
+            "m-2",
+            make.purchase("o-2", 50000, at(2025, 1, 10)),  # 500 points, expire 10 Feb
+            make.redeem("rd-1", 200, at(2025, 1, 20)),
+            make.tick(at(2025, 2, 11)),  # the other 300 expire
+            rules=rules,
+        ),
+        *log_of("m-3", make.purchase("o-3", 250000, at(2025, 2, 3)), rules=rules),  # 2500 points, silver
+    ]
+    with projected(isolated, running, log) as read:
+        response = read.get(
+            "/v1/metrics", params={"period": "month", "from": "2025-01-01", "to": "2025-03-31"}
+        )
+        assert response.status_code == 200, response.text
+        jan, feb, mar = response.json()["periods"]
+
+        assert (jan["start"], jan["end"]) == ("2025-01-01", "2025-02-01")
+        assert (jan["members_at_start"], jan["members_at_end"], jan["growth_rate"]) == (0, 2, None)
+        assert (jan["active_members"], jan["activity_rate"]) == (2, 1.0)
+        assert (jan["spend_minor"], jan["spend_per_active_member_minor"]) == (150000, 75000)
+        assert (jan["points_earned"], jan["points_redeemed"], jan["points_expired"]) == (1500, 200, 0)
+        assert (jan["liability_points"], jan["liability_minor"]) == (1300, 13000)
+        assert jan["tier_distribution"] == {"regular": 2}
+
+        assert (feb["members_at_start"], feb["members_at_end"], feb["growth_rate"]) == (2, 3, 0.5)
+        assert (feb["active_members"], feb["activity_rate"]) == (2, round(2 / 3, 6))
+        assert (feb["spend_minor"], feb["spend_per_active_member_minor"]) == (270000, 135000)
+        assert (feb["points_earned"], feb["points_expired"]) == (2700, 1300)
+        assert feb["breakage_rate"] == round(1300 / 2700, 6)
+        assert feb["lifetime_breakage_rate"] == round(1300 / 4200, 6)
+        assert (feb["liability_points"], feb["liability_minor"]) == (2700, 27000)
+        assert (feb["promotions"], feb["demotions"]) == (1, 0)
+        assert feb["tier_distribution"] == {"regular": 2, "silver": 1}
+
+        assert (mar["growth_rate"], mar["active_members"], mar["activity_rate"]) == (0.0, 0, 0.0)
+        assert (mar["spend_per_active_member_minor"], mar["breakage_rate"]) == (None, None)
+        assert mar["liability_points"] == 2700
+
+        day = read.get(
+            "/v1/metrics", params={"period": "day", "from": "2025-02-03", "to": "2025-02-03"}
+        ).json()
+        (only,) = day["periods"]
+        assert (only["new_members"], only["promotions"], only["growth_rate"]) == (1, 1, 0.5)
+
+
+def test_balance_as_of_business_time_and_as_known_at_recording_time(
+    isolated: Isolated, running: Running
+) -> None:
+    account, log = Account.new("k-1"), []
+    for command, recorded_at in [
+        (make.purchase("p-1", 10000, at(2026, 1, 5)), at(2026, 1, 5)),
+        (make.purchase("p-2", 5000, at(2026, 1, 10)), at(2026, 1, 20)),  # reported ten days late
+        (make.redeem("rd-1", 30, at(2026, 1, 25)), at(2026, 1, 25)),
+    ]:
+        command = replace(command, member_id="k-1")
+        account, events = seal(account, command, decide(account, command, make.RULES), 1, recorded_at)
+        log.extend(events)
+    # Every event delivered twice is applied once.
+    with projected(isolated, running, log + log) as read:
+
+        def available(**params: str) -> int:
+            response = read.get("/v1/members/k-1/balance", params=params)
+            assert response.status_code == 200, response.text
+            return int(response.json()["available"])
+
+        assert available() == 120
+        assert read.get("/v1/members/k-1/balance").json()["lifetime_earned"] == 150
+        assert available(as_of="2026-01-12T00:00:00Z") == 150
+        assert available(as_of="2026-01-12T00:00:00Z", known_at="2026-01-15T00:00:00Z") == 100
+        assert available(as_of="2026-01-12T00:00:00Z", known_at="2026-01-21T00:00:00Z") == 150
+        assert available(known_at="2026-01-15T00:00:00Z") == 100
+        assert available(as_of="2026-01-03T00:00:00Z") == 0
