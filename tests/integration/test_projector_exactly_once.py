@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -78,34 +80,30 @@ def test_killed_projector_ends_equal_to_a_projection_from_scratch(
     running.start(Projector(isolated.projector(projector_session_timeout_ms=6000)).run)
     eventually(lambda: applied(url, topic) == total, timeout_s=60, what="restarted projector caught up")
 
-    fresh_url = psycopg.conninfo.make_conninfo(
-        url, dbname=f"{psycopg.conninfo.conninfo_to_dict(url)['dbname']}_fresh"
-    )
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {}").format(
-                sql.Identifier(psycopg.conninfo.conninfo_to_dict(fresh_url)["dbname"])
-            )
-        )
-    try:
-        running.start(
-            Projector(
-                isolated.projector(
-                    database_url=fresh_url, projector_group=f"{settings.projector_group}-fresh"
-                )
-            ).run
-        )
+    # The same log from scratch, by two instances splitting the partitions.
+    with second_database(url) as fresh_url:
         migrate(fresh_url)
+        for _ in range(2):
+            fresh = isolated.projector(
+                database_url=fresh_url, projector_group=f"{settings.projector_group}-2"
+            )
+            running.start(Projector(fresh).run)
         eventually(lambda: applied(fresh_url, topic) == total, timeout_s=60, what="fresh projection done")
-        with psycopg.connect(url) as killed, psycopg.connect(fresh_url) as fresh:
-            expected = table_checksums(fresh)
+        running.stop_all()
+        with psycopg.connect(url) as killed, psycopg.connect(fresh_url) as fresh_conn:
+            expected = table_checksums(fresh_conn)
             assert table_checksums(killed) == expected
         assert expected["member_events"][0] == len(log)
+
+
+@contextmanager
+def second_database(url: str) -> Iterator[str]:
+    dbname = f"{psycopg.conninfo.conninfo_to_dict(url)['dbname']}_2"
+    name = sql.Identifier(dbname)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    try:
+        yield psycopg.conninfo.make_conninfo(url, dbname=dbname)
     finally:
-        running.stop_all()
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(psycopg.conninfo.conninfo_to_dict(fresh_url)["dbname"])
-                )
-            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
