@@ -74,7 +74,10 @@ class _Backend:
 
     def __init__(self, settings: ProjectorSettings) -> None:
         self.settings = settings
-        self.pool = AsyncConnectionPool(settings.database_url, min_size=2, max_size=10, open=False)
+        # Autocommit: every read is one statement, and BEGIN/COMMIT would triple the round trips.
+        self.pool = AsyncConnectionPool(
+            settings.database_url, min_size=2, max_size=10, open=False, kwargs={"autocommit": True}
+        )
         self._offsets: KafkaConsumer | None = None
         self._offsets_lock = threading.Lock()
         self._rules: tuple[float, ProgramRules] | None = None
@@ -441,14 +444,18 @@ async def _projector_metrics(backend: _Backend) -> Iterable[Metric]:
             "loyalty_projector_end_offset", "last stable offset of the log", labels=labels
         ),
         "lag": GaugeMetricFamily("loyalty_projector_lag_records", "records not applied yet", labels=labels),
-        "batches": CounterMetricFamily("loyalty_projector_batches", "batches applied", labels=labels),
+        "batches": CounterMetricFamily(
+            "loyalty_projector_batches", "applied batches that held records of the partition", labels=labels
+        ),
         "records": CounterMetricFamily(
             "loyalty_projector_batch_records",
             "records in applied batches (sum of batch sizes)",
             labels=labels,
         ),
         "seconds": CounterMetricFamily(
-            "loyalty_projector_apply_seconds", "time spent applying batches", labels=labels
+            "loyalty_projector_apply_seconds",
+            "time spent applying batches, shared among partitions by their records",
+            labels=labels,
         ),
     }
     for partition in partitions:

@@ -163,12 +163,19 @@ class Folded:
     tier_days: dict[tuple[date, str], int] = field(default_factory=dict)
     rules: list[tuple[Event, ProgramRulesChanged]] = field(default_factory=list)
     applied: int = 0
-    duplicates: int = 0
+    # Why events were not applied (duplicate, unknown type, malformed), and how many.
     skipped: dict[str, int] = field(default_factory=dict)
+    # (member, expected sequence, found sequence): events the log is missing. Applied anyway.
+    gaps: list[tuple[str, int, int]] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return self.skipped.get(DUPLICATE, 0)
 
 
 UNKNOWN_TYPE = "unknown_type"
 MALFORMED = "malformed"
+DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +207,12 @@ def fold(records: list[Decoded | str], last_sequences: dict[str, int]) -> Folded
             folded.skipped[record] = folded.skipped.get(record, 0) + 1
             continue
         event = record.event
-        if event.sequence <= last_sequences.get(event.member_id, 0):
-            folded.duplicates += 1
+        last = last_sequences.get(event.member_id, 0)
+        if event.sequence <= last:
+            folded.skipped[DUPLICATE] = folded.skipped.get(DUPLICATE, 0) + 1
             continue
+        if event.sequence != last + 1:
+            folded.gaps.append((event.member_id, last + 1, event.sequence))
         last_sequences[event.member_id] = event.sequence
         folded.applied += 1
         _apply(folded, event, record.raw)

@@ -13,6 +13,8 @@ class ProjectorSettings(KafkaSettings):
     read_port: int = 8001
     projector_group: str = "loyalty-projector"
     projector_batch_max: int = Field(default=5000, ge=1)
+    # A batch also ends this long after its first records arrived.
+    projector_batch_wait_ms: int = Field(default=200, ge=0)
     # How soon the group notices a dead projector and hands its partitions to another.
     projector_session_timeout_ms: int = Field(default=10_000, ge=6000)
     # /readyz fails while the projector is further behind than this many records.

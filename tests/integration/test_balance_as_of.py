@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -36,7 +37,7 @@ def project(url: str, member: Member) -> None:
             sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, READ_MODEL_TABLES)))
         )
         records = [decode(event.to_bytes()) for event in member.log]
-        store.write(conn, fold(records, {}), "as-of", {0: (len(records), len(records))}, 0.0)
+        store.write(conn, fold(records, {}), "as-of", {0: (len(records), len(records))}, time.monotonic())
 
 
 def expected(account: Account) -> dict[str, int]:

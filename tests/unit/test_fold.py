@@ -47,3 +47,10 @@ def test_unknown_and_broken_events_are_counted_not_fatal() -> None:
     )
     assert folded.skipped == {UNKNOWN_TYPE: 1, MALFORMED: 2}
     assert folded.members["m-2"].available == 5
+
+
+def test_a_missing_sequence_is_reported_and_the_rest_applied() -> None:
+    raw = events_for("m-3", [1000, 2000])
+    folded = fold([decode(r) for r in raw[:2] + raw[3:]], {})
+    assert folded.gaps == [("m-3", 3, 4)]
+    assert folded.applied == len(raw) - 1
