@@ -152,6 +152,8 @@ class NewPurchase:
 
 @dataclass
 class Folded:
+    # Streams that already have a row: their changes are increments, the others new rows.
+    known: frozenset[str] = frozenset()
     members: dict[str, MemberChange] = field(default_factory=dict)
     lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
     purchases: dict[tuple[str, str], NewPurchase] = field(default_factory=dict)
@@ -201,7 +203,7 @@ def decode(raw: bytes | None) -> Decoded | str:
 
 def fold(records: list[Decoded | str], last_sequences: dict[str, int]) -> Folded:
     """Apply each event once: one at or below the member's last applied sequence is a duplicate."""
-    folded = Folded()
+    folded = Folded(known=frozenset(last_sequences))
     for record in records:
         if isinstance(record, str):
             folded.skipped[record] = folded.skipped.get(record, 0) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -85,60 +86,92 @@ def write(
 
 
 def _members(cur: psycopg.Cursor, folded: Folded) -> None:
-    cur.executemany(
-        """
-        INSERT INTO members AS m (member_id, last_sequence, last_event_at, enrolled_at, available, pending,
-            lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
-            next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor)
-        VALUES (%(member)s, %(last_sequence)s, %(last_event_at)s, %(enrolled_at)s, %(available)s,
-            %(pending)s, %(lifetime_earned)s, %(redeemed)s, %(expired)s, %(reversed)s, %(adjusted)s,
-            %(tier)s, %(tier_changed_at)s, %(next_evaluation_at)s, %(last_purchase_at)s, %(purchases)s,
-            %(spend_minor)s, %(refunded_minor)s)
-        ON CONFLICT (member_id) DO UPDATE SET
-            last_sequence = EXCLUDED.last_sequence,
-            last_event_at = GREATEST(m.last_event_at, EXCLUDED.last_event_at),
-            enrolled_at = COALESCE(m.enrolled_at, EXCLUDED.enrolled_at),
-            available = m.available + EXCLUDED.available,
-            pending = m.pending + EXCLUDED.pending,
-            lifetime_earned = m.lifetime_earned + EXCLUDED.lifetime_earned,
-            redeemed = m.redeemed + EXCLUDED.redeemed,
-            expired = m.expired + EXCLUDED.expired,
-            reversed = m.reversed + EXCLUDED.reversed,
-            adjusted = m.adjusted + EXCLUDED.adjusted,
-            tier = COALESCE(EXCLUDED.tier, m.tier),
-            tier_changed_at = COALESCE(EXCLUDED.tier_changed_at, m.tier_changed_at),
-            next_evaluation_at = CASE WHEN %(evaluation_set)s THEN EXCLUDED.next_evaluation_at
-                                      ELSE m.next_evaluation_at END,
-            last_purchase_at = GREATEST(m.last_purchase_at, EXCLUDED.last_purchase_at),
-            purchases = m.purchases + EXCLUDED.purchases,
-            spend_minor = m.spend_minor + EXCLUDED.spend_minor,
-            refunded_minor = m.refunded_minor + EXCLUDED.refunded_minor
-        """,
-        [
-            {
-                "member": member,
-                "last_sequence": c.last_sequence,
-                "last_event_at": c.last_event_at,
-                "enrolled_at": c.enrolled_at,
-                "available": c.available,
-                "pending": c.pending,
-                "lifetime_earned": c.lifetime_earned,
-                "redeemed": c.redeemed,
-                "expired": c.expired,
-                "reversed": c.reversed,
-                "adjusted": c.adjusted,
-                "tier": c.tier,
-                "tier_changed_at": c.tier_changed_at,
-                "evaluation_set": c.evaluation_set,
-                "next_evaluation_at": c.next_evaluation_at,
-                "last_purchase_at": c.last_purchase_at,
-                "purchases": c.purchases,
-                "spend_minor": c.spend_minor,
-                "refunded_minor": c.refunded_minor,
-            }
-            for member, c in sorted(folded.members.items())
-        ],
-    )
+    """New members inserted, known ones incremented: two set-based statements over column arrays."""
+    rows = [
+        (
+            member,
+            c.last_sequence,
+            c.last_event_at,
+            c.enrolled_at,
+            c.available,
+            c.pending,
+            c.lifetime_earned,
+            c.redeemed,
+            c.expired,
+            c.reversed,
+            c.adjusted,
+            c.tier,
+            c.tier_changed_at,
+            c.next_evaluation_at,
+            c.last_purchase_at,
+            c.purchases,
+            c.spend_minor,
+            c.refunded_minor,
+            c.evaluation_set,
+        )
+        for member, c in sorted(folded.members.items())
+    ]
+    new = [row for row in rows if row[0] not in folded.known]
+    known = [row for row in rows if row[0] in folded.known]
+    if new:
+        cur.execute(
+            """
+            INSERT INTO members (member_id, last_sequence, last_event_at, enrolled_at, available, pending,
+                lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
+                next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor)
+            SELECT member_id, last_sequence, last_event_at, enrolled_at, available, pending,
+                lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
+                next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor
+            FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
+                %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
+                %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
+                %s::bigint[], %s::bigint[], %s::boolean[])
+                AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
+                     lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
+                     next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
+                     evaluation_set)
+            """,
+            _columns(new),
+        )
+    if known:
+        cur.execute(
+            """
+            UPDATE members AS m SET
+                last_sequence = u.last_sequence,
+                last_event_at = GREATEST(m.last_event_at, u.last_event_at),
+                enrolled_at = COALESCE(m.enrolled_at, u.enrolled_at),
+                available = m.available + u.available,
+                pending = m.pending + u.pending,
+                lifetime_earned = m.lifetime_earned + u.lifetime_earned,
+                redeemed = m.redeemed + u.redeemed,
+                expired = m.expired + u.expired,
+                reversed = m.reversed + u.reversed,
+                adjusted = m.adjusted + u.adjusted,
+                tier = COALESCE(u.tier, m.tier),
+                tier_changed_at = COALESCE(u.tier_changed_at, m.tier_changed_at),
+                next_evaluation_at = CASE WHEN u.evaluation_set THEN u.next_evaluation_at
+                                          ELSE m.next_evaluation_at END,
+                last_purchase_at = GREATEST(m.last_purchase_at, u.last_purchase_at),
+                purchases = m.purchases + u.purchases,
+                spend_minor = m.spend_minor + u.spend_minor,
+                refunded_minor = m.refunded_minor + u.refunded_minor
+            FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
+                %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
+                %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
+                %s::bigint[], %s::bigint[], %s::boolean[])
+                AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
+                     lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
+                     next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
+                     evaluation_set)
+            WHERE m.member_id = u.member_id
+            """,
+            _columns(known),
+        )
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows turned into one list per column: the arrays that `unnest` turns back into rows."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _events(cur: psycopg.Cursor, folded: Folded) -> None:
@@ -171,20 +204,28 @@ def _events(cur: psycopg.Cursor, folded: Folded) -> None:
 def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
     if not folded.lots:
         return
-    cur.executemany(
+    rows = [
+        (member, lot_id, lot.points, lot.expires_at, lot.matures_at)
+        for (member, lot_id), lot in sorted(folded.lots.items())
+    ]
+    cur.execute(
         """
         INSERT INTO member_lots AS l (member_id, lot_id, points, expires_at, matures_at)
-        VALUES (%s, %s, %s, %s, %s)
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[])
         ON CONFLICT (member_id, lot_id) DO UPDATE SET
             points = l.points + EXCLUDED.points,
             expires_at = COALESCE(EXCLUDED.expires_at, l.expires_at),
-            matures_at = CASE WHEN %s THEN NULL ELSE COALESCE(EXCLUDED.matures_at, l.matures_at) END
+            matures_at = COALESCE(EXCLUDED.matures_at, l.matures_at)
         """,
-        [
-            (member, lot_id, lot.points, lot.expires_at, lot.matures_at, lot.matured)
-            for (member, lot_id), lot in sorted(folded.lots.items())
-        ],
+        _columns(rows),
     )
+    matured = [key for key, lot in sorted(folded.lots.items()) if lot.matured]
+    if matured:
+        cur.execute(
+            "UPDATE member_lots AS l SET matures_at = NULL FROM unnest(%s::text[], %s::text[]) AS u(m, lot) "
+            "WHERE l.member_id = u.m AND l.lot_id = u.lot",
+            _columns(matured),
+        )
     cur.execute(
         "DELETE FROM member_lots WHERE member_id = ANY(%s) AND points <= 0",
         (sorted({member for member, _ in folded.lots}),),
@@ -193,29 +234,33 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
 
 def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
     if folded.purchases:
-        cur.executemany(
+        cur.execute(
             "INSERT INTO member_purchases (member_id, purchase_id, occurred_at, amount_minor) "
-            "VALUES (%s, %s, %s, %s)",
-            [
-                (member, purchase_id, p.occurred_at, p.amount_minor)
-                for (member, purchase_id), p in sorted(folded.purchases.items())
-            ],
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::bigint[])",
+            _columns(
+                [
+                    (member, purchase_id, p.occurred_at, p.amount_minor)
+                    for (member, purchase_id), p in sorted(folded.purchases.items())
+                ]
+            ),
         )
     if folded.refunds:
-        cur.executemany(
-            "UPDATE member_purchases SET refunded_minor = %s WHERE member_id = %s AND purchase_id = %s",
-            [(total, member, purchase_id) for (member, purchase_id), total in sorted(folded.refunds.items())],
+        cur.execute(
+            "UPDATE member_purchases AS p SET refunded_minor = u.total "
+            "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(m, purchase, total) "
+            "WHERE p.member_id = u.m AND p.purchase_id = u.purchase",
+            _columns([(m, purchase, total) for (m, purchase), total in sorted(folded.refunds.items())]),
         )
     if folded.categories:
-        cur.executemany(
+        cur.execute(
             """
             INSERT INTO member_categories AS c (member_id, category, spend_minor, purchases)
-            VALUES (%s, %s, %s, %s)
+            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
             ON CONFLICT (member_id, category) DO UPDATE SET
                 spend_minor = c.spend_minor + EXCLUDED.spend_minor,
                 purchases = c.purchases + EXCLUDED.purchases
             """,
-            [(m, category, s, n) for (m, category), (s, n) in sorted(folded.categories.items())],
+            _columns([(m, category, sp, n) for (m, category), (sp, n) in sorted(folded.categories.items())]),
         )
 
 
