@@ -54,17 +54,16 @@ def main() -> None:
             f"  after its first batch: {steady:,.0f} events/s (start-up and group join took "
             f"{run.startup:.1f} s)"
         )
-        print("  projector_checkpoints (a poll over k partitions counts in each; apply_seconds stops before")
-        print("  the writes and commit):")
+        print("  projector_checkpoints (a batch over k partitions counts in each; its apply_seconds, from")
+        print("  decode to the last write before commit, are shared among them by records):")
         for row in run.checkpoints:
             print(
                 f"    partition {row.partition}: {row.batches} batches, {row.records} records "
                 f"({row.records / max(row.batches, 1):,.0f}/batch), apply_seconds {row.apply_seconds:.2f}"
             )
-        batches = sum(row.batches for row in run.checkpoints)
         records = sum(row.records for row in run.checkpoints)
         seconds = sum(row.apply_seconds for row in run.checkpoints)
-        print(f"    all: {batches} batches, {records} records, apply_seconds {seconds:.2f}")
+        print(f"    all: {records} records, apply_seconds {seconds:.2f}")
         if run.polls:
             sizes = [records for records, _, _, _ in run.polls]
             times = sorted(seconds for _, _, _, seconds in run.polls)
