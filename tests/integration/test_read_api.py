@@ -178,3 +178,24 @@ def test_lag_and_batches_are_on_metrics(system: tuple[TestClient, TestClient], i
     assert 'loyalty_http_request_duration_seconds_count{method="GET",route="/v1/members/{member_id}"' in text
     assert client.get("/readyz").status_code == 200
     assert "loyalty_http_request_duration_seconds" in ledger.get("/metrics").text
+
+
+def test_openapi_documents_every_read_route_with_its_response_model(
+    system: tuple[TestClient, TestClient],
+) -> None:
+    _, client = system
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in [
+        "/v1/members/{member_id}",
+        "/v1/members/{member_id}/balance",
+        "/v1/members/{member_id}/tier",
+        "/v1/members/{member_id}/activity",
+        "/v1/members/{member_id}/lots",
+        "/v1/members/{member_id}/history",
+        "/v1/segments/{segment}/members",
+        "/v1/metrics",
+    ]:
+        get = paths[route]["get"]
+        assert "$ref" in get["responses"]["200"]["content"]["application/json"]["schema"], route
+        assert "min_position" in [parameter["name"] for parameter in get["parameters"]], route
+    assert client.get("/docs").status_code == 200
