@@ -23,6 +23,8 @@ def decode_position(token: str) -> tuple[str, int]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         sequence, member_id = raw.split(":", 1)
+        if not (sequence.isascii() and sequence.isdigit() and len(sequence) <= 18) or "\x00" in member_id:
+            raise ValueError(raw)
         return member_id, int(sequence)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidPosition(f"not a position token: {token!r}") from None

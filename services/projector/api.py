@@ -11,7 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, LiteralString
 
 import psycopg
-from fastapi import Depends, FastAPI, Path, Query
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,11 +25,11 @@ from schemas.rules import ProgramRules
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.domain.calendar import add_months
-from services.problems import Problem, install_problem_handlers
+from services.problems import Problem, install_problem_handlers, problem_response
 from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
 from services.projector.migrate import migrate
-from services.projector.program_metrics import Period, period_starts, periods
+from services.projector.program_metrics import Period, period_count, period_starts, periods
 from services.projector.settings import ProjectorSettings
 from services.projector.views import (
     Activity,
@@ -155,6 +156,13 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     install_problem_handlers(app)
     install_http_metrics(app, "read-api", lambda _: _projector_metrics(backend))
 
+    async def on_busy(_: Request, exc: Exception) -> JSONResponse:
+        return problem_response(
+            _retry_later(Problem(503, "busy", "No database connection was free in time", type(exc).__name__))
+        )
+
+    app.add_exception_handler(PoolTimeout, on_busy)
+
     async def caught_up(
         min_position: Annotated[
             str | None, Query(description="wait until the read models include this position")
@@ -168,18 +176,21 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         except InvalidPosition as error:
             raise Problem(422, "invalid_position", "The position token is not valid", str(error)) from None
         deadline = time.monotonic() + settings.read_wait_s
-        async with backend.pool.connection() as conn:
-            while await queries.stream_sequence(conn, stream) < sequence:
-                if time.monotonic() >= deadline:
-                    problem = Problem(
+        while True:
+            # A connection per check: waiting readers must not hold the pool from the others.
+            async with backend.pool.connection() as conn:
+                if await queries.stream_sequence(conn, stream) >= sequence:
+                    return
+            if time.monotonic() >= deadline:
+                raise _retry_later(
+                    Problem(
                         503,
                         "position_not_applied",
                         "The read models have not applied that position yet",
                         f"still behind after {settings.read_wait_s:g} s",
                     )
-                    problem.headers["Retry-After"] = "1"
-                    raise problem
-                await asyncio.sleep(POLL_INTERVAL_S)
+                )
+            await asyncio.sleep(POLL_INTERVAL_S)
 
     v1 = [Depends(caught_up)]
 
@@ -295,6 +306,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
                 description="`active`, `silent`, `churned` (recency of the last purchase), `core`, a tier "
                 "name, or `category:<name>` (favourite category)",
                 max_length=80,
+                pattern=r"^[^\x00]+$",
             ),
         ],
         limit: Limit = 50,
@@ -326,12 +338,16 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         """Members and growth, activity, spend per active member, liability, breakage and tiers per period."""
         rules = await backend.rules()
         last = end or datetime.now(UTC).date()
+        if not date(1970, 1, 1) <= last <= date(9000, 12, 31) or (
+            start is not None and not date(1970, 1, 1) <= start
+        ):
+            raise Problem(422, "invalid_period", "Dates must be between 1970-01-01 and 9000-12-31")
         first = start or _default_start(period, last)
         if first > last:
             raise Problem(422, "invalid_period", "`from` is after `to`")
-        starts = period_starts(period, first, last)
-        if len(starts) - 1 > MAX_PERIODS:
+        if period_count(period, first, last) > MAX_PERIODS:
             raise Problem(422, "invalid_period", "Too many periods", f"at most {MAX_PERIODS} per request")
+        starts = period_starts(period, first, last)
         async with backend.pool.connection() as conn:
             days, tier_days = await queries.program_days(conn, starts[-1])
             active = await queries.active_members(conn, starts)
@@ -357,6 +373,11 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         return Health(status="ready", lag=lag)
 
     return app
+
+
+def _retry_later(problem: Problem) -> Problem:
+    problem.headers["Retry-After"] = "1"
+    return problem
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -434,7 +455,15 @@ def _segment_condition(
 
 
 async def _projector_metrics(backend: _Backend) -> Iterable[Metric]:
-    partitions = await backend.partitions()
+    reachable = GaugeMetricFamily(
+        "loyalty_read_models_reachable", "1 when Kafka and Postgres answered this scrape, else 0"
+    )
+    try:
+        partitions = await backend.partitions()
+    except Problem:
+        reachable.add_metric([], 0)
+        return [reachable]
+    reachable.add_metric([], 1)
     labels = ["topic", "partition"]
     families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
         "applied": GaugeMetricFamily(
@@ -471,4 +500,4 @@ async def _projector_metrics(backend: _Backend) -> Iterable[Metric]:
         )
         for reason, events in await cur.fetchall():
             skipped.add_metric([reason], int(events))
-    return [*families.values(), skipped]
+    return [reachable, *families.values(), skipped]

@@ -19,7 +19,7 @@ def decode_cursor(kind: str, cursor: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     found, _, value = raw.partition(":")
-    if found != kind or not value:
+    if found != kind or not value or "\x00" in value:
         raise Problem(
             422, "invalid_cursor", "The cursor is not valid here", "pass back a next_cursor of this list"
         )
@@ -28,7 +28,7 @@ def decode_cursor(kind: str, cursor: str) -> str:
 
 def decode_int_cursor(kind: str, cursor: str) -> int:
     value = decode_cursor(kind, cursor)
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit() and len(value) <= 18):
         raise Problem(
             422, "invalid_cursor", "The cursor is not valid here", "pass back a next_cursor of this list"
         )

@@ -146,6 +146,7 @@ class EventRow:
 
 @dataclass(frozen=True, slots=True)
 class NewPurchase:
+    purchase_id: str
     occurred_at: datetime
     amount_minor: int
 
@@ -156,8 +157,13 @@ class Folded:
     known: frozenset[str] = frozenset()
     members: dict[str, MemberChange] = field(default_factory=dict)
     lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
-    purchases: dict[tuple[str, str], NewPurchase] = field(default_factory=dict)
-    refunds: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (member, sequence) -> the purchase that event recorded.
+    purchases: dict[tuple[str, int], NewPurchase] = field(default_factory=dict)
+    # (member, purchase id, sequence of its purchase if recorded in this batch) -> refunded total.
+    # Without a sequence the refund is of the member's latest purchase with that id.
+    refunds: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
+    # (member, purchase id) -> sequence, for the purchases recorded in this batch.
+    purchase_sequences: dict[tuple[str, str], int] = field(default_factory=dict)
     categories: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     tier_history: list[tuple[Event, TierChanged]] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
@@ -250,9 +256,10 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             day.enrolments += 1
             _tier_day(folded, event.occurred_at.date(), data.tier, 1)
         case PurchaseRecorded():
-            folded.purchases[(event.member_id, data.purchase_id)] = NewPurchase(
-                event.occurred_at, data.amount_minor
+            folded.purchases[(event.member_id, event.sequence)] = NewPurchase(
+                data.purchase_id, event.occurred_at, data.amount_minor
             )
+            folded.purchase_sequences[(event.member_id, data.purchase_id)] = event.sequence
             if member.last_purchase_at is None or event.occurred_at > member.last_purchase_at:
                 member.last_purchase_at = event.occurred_at
             member.purchases += 1
@@ -265,7 +272,8 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
                 before = folded.categories.get(key, (0, 0))
                 folded.categories[key] = (before[0] + spend, before[1] + 1)
         case PurchaseRefunded():
-            folded.refunds[(event.member_id, data.purchase_id)] = data.refunded_total_minor
+            recorded = folded.purchase_sequences.get((event.member_id, data.purchase_id))
+            folded.refunds[(event.member_id, data.purchase_id, recorded)] = data.refunded_total_minor
             member.refunded_minor += data.amount_minor
             day.refunded_minor += data.amount_minor
         case TierChanged():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import date, timedelta
 from typing import Literal
 
@@ -13,10 +13,16 @@ from services.projector.views import PeriodMetrics
 Period = Literal["day", "month"]
 
 
+def period_count(period: Period, first: date, last: date) -> int:
+    if period == "day":
+        return (last - first).days + 1
+    return (last.year - first.year) * 12 + last.month - first.month + 1
+
+
 def period_starts(period: Period, first: date, last: date) -> list[date]:
     """Starts of the periods from the one holding `first` to the one holding `last`, and the end."""
     if period == "day":
-        return [first + timedelta(days=n) for n in range((last - first).days + 2)]
+        return [first + timedelta(days=n) for n in range(period_count(period, first, last) + 1)]
     starts = [first.replace(day=1)]
     while starts[-1] <= last:
         current = starts[-1]
@@ -24,13 +30,25 @@ def period_starts(period: Period, first: date, last: date) -> list[date]:
     return starts
 
 
-def _sum(days: dict[date, DayChange], start: date | None, end: date) -> DayChange:
-    total = DayChange()
-    for day, change in days.items():
-        if (start is None or day >= start) and day < end:
+class _Running:
+    """Totals of the days before a moment, for moments in increasing order: one pass over the days."""
+
+    def __init__(self, days: dict[date, DayChange]) -> None:
+        self._days = sorted(days.items())
+        self._next = 0
+        self.total = DayChange()
+
+    def before(self, moment: date) -> DayChange:
+        while self._next < len(self._days) and self._days[self._next][0] < moment:
+            change = self._days[self._next][1]
             for f in fields(DayChange):
-                setattr(total, f.name, getattr(total, f.name) + getattr(change, f.name))
-    return total
+                setattr(self.total, f.name, getattr(self.total, f.name) + getattr(change, f.name))
+            self._next += 1
+        return replace(self.total)
+
+
+def _minus(later: DayChange, earlier: DayChange) -> DayChange:
+    return DayChange(**{f.name: getattr(later, f.name) - getattr(earlier, f.name) for f in fields(DayChange)})
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -45,14 +63,19 @@ def periods(
     value_minor_per_point: int,
 ) -> list[PeriodMetrics]:
     """One entry per consecutive pair of `starts`; `active` counts purchasing members per period start."""
+    running = _Running(days)
+    tier_moves, moved = sorted(tier_days.items()), 0
+    distribution: dict[str, int] = {}
     result = []
+    before = running.before(starts[0])
     for start, end in itertools.pairwise(starts):
-        before, during, upto = _sum(days, None, start), _sum(days, start, end), _sum(days, None, end)
+        upto = running.before(end)
+        during = _minus(upto, before)
+        while moved < len(tier_moves) and tier_moves[moved][0][0] < end:
+            (_, tier), members = tier_moves[moved]
+            distribution[tier] = distribution.get(tier, 0) + members
+            moved += 1
         active_members = active.get(start, 0)
-        distribution: dict[str, int] = {}
-        for (day, tier), members in tier_days.items():
-            if day < end:
-                distribution[tier] = distribution.get(tier, 0) + members
         net_spend = during.spend_minor - during.refunded_minor
         result.append(
             PeriodMetrics(
@@ -81,4 +104,5 @@ def periods(
                 tier_distribution={tier: n for tier, n in sorted(distribution.items()) if n},
             )
         )
+        before = upto
     return result

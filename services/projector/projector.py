@@ -40,6 +40,8 @@ class Projector:
     def __init__(self, settings: ProjectorSettings) -> None:
         self._settings = settings
         self._conn = psycopg.connect(settings.database_url)
+        # Next offset per assigned partition, as last written to the checkpoints.
+        self._applied: dict[int, int] = {}
         keep_rejoin_requested()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -66,6 +68,7 @@ class Projector:
                 self._consumer.seek(tp, found[tp.partition])
             else:
                 self._consumer.seek_to_beginning(tp)
+            self._applied[tp.partition] = found.get(tp.partition, 0)
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
 
     def run(self, stop: threading.Event) -> None:
@@ -79,6 +82,8 @@ class Projector:
                 batch = self._next_batch()
                 if batch:
                     self.apply(batch)
+                else:
+                    self._advance_past_markers()
         finally:
             self._consumer.close()
             self._conn.close()
@@ -105,6 +110,22 @@ class Projector:
                 count += len(records)
         return batch
 
+    def _advance_past_markers(self) -> None:
+        """Once idle, checkpoint past the transaction markers at the end of the log.
+
+        A Kafka transaction's commit marker takes an offset but is never delivered; without this
+        the lag of every partition written transactionally would never get below 1.
+        """
+        ahead = {}
+        for tp in self._consumer.assignment():
+            position = self._consumer.position(tp, timeout_ms=100)
+            if position is not None and position > self._applied.get(tp.partition, position):
+                ahead[tp.partition] = position
+        if ahead:
+            with self._conn.transaction():
+                store.advance(self._conn, self._settings.topic_events, ahead)
+            self._applied.update(ahead)
+
     def apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.monotonic()
         records = [
@@ -117,6 +138,7 @@ class Projector:
             members = {record.event.member_id for record in records if not isinstance(record, str)}
             folded = fold(records, store.last_sequences(self._conn, members))
             store.write(self._conn, folded, topic, read, started)
+        self._applied.update({partition: offset for partition, (offset, _) in read.items()})
         unreadable = {reason: n for reason, n in folded.skipped.items() if reason != DUPLICATE}
         if unreadable:
             log.warning("events skipped", extra={"skipped": unreadable})

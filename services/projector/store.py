@@ -85,6 +85,15 @@ def write(
         )
 
 
+def advance(conn: psycopg.Connection, topic: str, next_offsets: dict[int, int]) -> None:
+    """Move checkpoints past offsets that hold no events (transaction markers)."""
+    conn.cursor().executemany(
+        "UPDATE projector_checkpoints SET next_offset = %s, updated_at = now() "
+        "WHERE topic = %s AND partition = %s AND next_offset < %s",
+        [(offset, topic, partition, offset) for partition, offset in sorted(next_offsets.items())],
+    )
+
+
 def _members(cur: psycopg.Cursor, folded: Folded) -> None:
     """New members inserted, known ones incremented: two set-based statements over column arrays."""
     rows = [
@@ -214,7 +223,7 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
         SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[])
         ON CONFLICT (member_id, lot_id) DO UPDATE SET
             points = l.points + EXCLUDED.points,
-            expires_at = COALESCE(EXCLUDED.expires_at, l.expires_at),
+            expires_at = COALESCE(l.expires_at, EXCLUDED.expires_at),
             matures_at = COALESCE(EXCLUDED.matures_at, l.matures_at)
         """,
         _columns(rows),
@@ -235,21 +244,34 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
 def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
     if folded.purchases:
         cur.execute(
-            "INSERT INTO member_purchases (member_id, purchase_id, occurred_at, amount_minor) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::bigint[])",
+            "INSERT INTO member_purchases (member_id, sequence, purchase_id, occurred_at, amount_minor) "
+            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[])",
             _columns(
                 [
-                    (member, purchase_id, p.occurred_at, p.amount_minor)
-                    for (member, purchase_id), p in sorted(folded.purchases.items())
+                    (member, sequence, p.purchase_id, p.occurred_at, p.amount_minor)
+                    for (member, sequence), p in sorted(folded.purchases.items())
                 ]
             ),
         )
     if folded.refunds:
         cur.execute(
-            "UPDATE member_purchases AS p SET refunded_minor = u.total "
-            "FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS u(m, purchase, total) "
-            "WHERE p.member_id = u.m AND p.purchase_id = u.purchase",
-            _columns([(m, purchase, total) for (m, purchase), total in sorted(folded.refunds.items())]),
+            """
+            UPDATE member_purchases AS p SET refunded_minor = u.total
+            FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS u(m, purchase, recorded, total)
+            WHERE p.member_id = u.m AND p.purchase_id = u.purchase
+              AND p.sequence = coalesce(u.recorded, (
+                  SELECT max(q.sequence) FROM member_purchases q
+                  WHERE q.member_id = u.m AND q.purchase_id = u.purchase
+              ))
+            """,
+            _columns(
+                [
+                    (m, purchase, recorded, total)
+                    for (m, purchase, recorded), total in sorted(
+                        folded.refunds.items(), key=lambda i: i[0][:2]
+                    )
+                ]
+            ),
         )
     if folded.categories:
         cur.execute(

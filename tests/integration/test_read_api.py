@@ -13,9 +13,11 @@ from schemas.rules import ProgramRules
 from services.ledger.api import create_app as create_ledger_app
 from services.ledger.processor import Processor
 from services.projector.api import create_app as create_read_app
+from services.projector.cursors import encode_cursor
 from services.projector.projector import Projector
 from tests.conftest import Isolated, Running
 from tests.integration.kafka_io import purchase
+from tests.waiting import eventually
 
 MEMBER_ROUTES = ["", "/balance", "/tier", "/lots", "/activity", "/history"]
 
@@ -152,7 +154,23 @@ def test_unknown_members_and_bad_parameters_are_problems(system: tuple[TestClien
     assert client.get("/v1/members/nobody/activity", params={"cursor": "garbage"}).status_code == 422
     assert client.get("/v1/members/m-1", params={"min_position": "%%%"}).status_code == 422
     assert client.get("/v1/segments/vip-lounge/members").status_code == 404
-    assert client.get("/v1/metrics", params={"from": "2026-02-01", "to": "2026-01-01"}).status_code == 422
+    for params in [
+        {"from": "2026-02-01", "to": "2026-01-01"},
+        {"to": "9999-12-31"},
+        {"to": "0001-01-05"},
+        {"from": "1970-01-01", "period": "day"},
+    ]:
+        assert client.get("/v1/metrics", params=params).status_code == 422, params
+    for cursor in [
+        encode_cursor("activity", "²"),
+        encode_cursor("activity", 10**30),
+        encode_cursor("segment", "\x00"),
+    ]:
+        assert client.get("/v1/members/nobody/activity", params={"cursor": cursor}).status_code in (404, 422)
+        assert client.get("/v1/segments/active/members", params={"cursor": cursor}).status_code == 422
+    assert client.get("/v1/segments/category:%00/members").status_code == 422
+    nul = encode_position("m-\x00", 1)
+    assert client.get("/v1/members/m-1", params={"min_position": nul}).status_code == 422
 
 
 def test_a_position_not_applied_in_time_is_503_not_stale_data(system: tuple[TestClient, TestClient]) -> None:
@@ -176,7 +194,9 @@ def test_lag_and_batches_are_on_metrics(system: tuple[TestClient, TestClient], i
     assert "loyalty_projector_batches_total" in text
     assert "loyalty_projector_apply_seconds_total" in text
     assert 'loyalty_http_request_duration_seconds_count{method="GET",route="/v1/members/{member_id}"' in text
-    assert client.get("/readyz").status_code == 200
+    # The processor writes in transactions: the lag gets to 0 past their commit markers too.
+    eventually(lambda: client.get("/readyz").json().get("lag") == 0, what="lag 0")
+    assert "loyalty_read_models_reachable 1.0" in text
     assert "loyalty_http_request_duration_seconds" in ledger.get("/metrics").text
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+
 from schemas.rules import ProgramRules
 from services.ledger.domain.account import Account
 from services.ledger.domain.chain import seal
@@ -145,3 +147,22 @@ def test_balance_as_of_business_time_and_as_known_at_recording_time(
         assert available(as_of="2026-01-12T00:00:00Z", known_at="2026-01-21T00:00:00Z") == 150
         assert available(known_at="2026-01-15T00:00:00Z") == 100
         assert available(as_of="2026-01-03T00:00:00Z") == 0
+
+
+def test_a_purchase_id_used_again_after_the_ledger_forgot_it(isolated: Isolated, running: Running) -> None:
+    log = log_of(
+        "r-1",
+        make.purchase("o-1", 10000, at(2024, 1, 10)),
+        make.purchase("o-2", 10000, at(2025, 5, 1)),  # the ledger forgets o-1 here
+        make.purchase("o-1", 20000, at(2025, 6, 1), command_id="purchase:o-1:again"),
+        make.refund("rf-1", "o-1", 5000, at(2025, 6, 2)),
+    )
+    assert [event.type for event in log].count("PurchaseRecorded") == 3
+    with projected(isolated, running, log) as read:
+        history = read.get("/v1/members/r-1/history").json()["events"]
+        assert len(history) == len(log)
+        with psycopg.connect(isolated.env["LOYALTY_DATABASE_URL"]) as conn:
+            rows = conn.execute(
+                "SELECT purchase_id, amount_minor, refunded_minor FROM member_purchases ORDER BY sequence"
+            ).fetchall()
+        assert rows == [("o-1", 10000, 0), ("o-2", 10000, 0), ("o-1", 20000, 5000)]
