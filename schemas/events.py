@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, SerializeAsAny, model_validator
 
 from schemas.canonical import event_hash
 from schemas.inbound import PurchaseItem
+from schemas.money import Currency
+from schemas.upcasting import upcast
 
 
 class EventData(BaseModel):
@@ -95,10 +97,15 @@ class PointsReversed(EventData):
 
 
 class PointsRedeemed(EventData):
+    """v2: the redemption value carries its currency (v1 had none; see schemas/upcasting.py)."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
     redemption_id: str
     points: int
     reward: str | None = None
     value_minor: int
+    currency: Currency
     from_lots: tuple[LotPoints, ...]
 
 
@@ -185,11 +192,17 @@ class Event(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _typed_data(cls, raw: Any) -> Any:
+        """The data as its type's model, upcast to the current version when written by an older one."""
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
             data_type = EventData.registry.get(raw.get("type", ""))
             if data_type is None:
                 raise ValueError(f"unknown event type {raw.get('type')!r}")
-            return {**raw, "data": data_type.model_validate(raw["data"])}
+            version = raw.get("schema_version")
+            if not isinstance(version, int):
+                raise ValueError("schema_version must be an integer")
+            current = data_type.SCHEMA_VERSION
+            data = upcast(raw["type"], version, raw["data"], current)
+            return {**raw, "schema_version": current, "data": data_type.model_validate(data)}
         return raw
 
     def document(self) -> dict[str, Any]:
@@ -203,4 +216,5 @@ class Event(BaseModel):
         return cls.model_validate_json(raw)
 
     def hash_is_valid(self) -> bool:
+        """Whether `hash` covers this document: only for events read at the version they were written in."""
         return event_hash(self.document()) == self.hash

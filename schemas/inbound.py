@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from schemas.money import Amount
+from schemas.money import Amount, Currency
 
 MEMBER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$"
 MemberId = Annotated[str, StringConstraints(pattern=MEMBER_ID_PATTERN)]
@@ -29,7 +29,7 @@ class PurchaseMessage(BaseModel):
     purchase_id: ExternalId
     member_id: MemberId
     amount: Amount
-    currency: Literal["CNY"]
+    currency: Currency
     occurred_at: AwareDatetime
     store_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     channel: Annotated[str, StringConstraints(max_length=32)] | None = None
@@ -44,7 +44,7 @@ class RefundMessage(BaseModel):
     purchase_id: ExternalId
     member_id: MemberId
     amount: Amount
-    currency: Literal["CNY"]
+    currency: Currency
     occurred_at: AwareDatetime
 
 

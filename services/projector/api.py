@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from schemas.events import Event
 from schemas.inbound import MEMBER_ID_PATTERN
 from schemas.position import InvalidPosition, decode_position, encode_position
 from schemas.rules import ProgramRules
@@ -285,7 +286,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
 
     @app.get("/v1/members/{member_id}/history", response_model=History, dependencies=v1)
     async def get_history(member_id: MemberIdPath, limit: Limit = 100, cursor: str | None = None) -> History:
-        """The member's events exactly as in the log, in sequence, for auditors."""
+        """The member's events as in the log, in sequence, each at the current version of its type."""
         after = 0 if cursor is None else decode_int_cursor("history", cursor)
         async with backend.pool.connection() as conn:
             if await queries.applied_sequence(conn, member_id) is None:
@@ -294,7 +295,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         page = rows[:limit]
         return History(
             member_id=member_id,
-            events=[event for _, event in page],
+            events=[Event.model_validate(event).document() for _, event in page],
             next_cursor=encode_cursor("history", page[-1][0]) if len(rows) > limit else None,
         )
 

@@ -182,6 +182,7 @@ class Folded:
 
 
 UNKNOWN_TYPE = "unknown_type"
+UNKNOWN_VERSION = "unknown_version"
 MALFORMED = "malformed"
 DUPLICATE = "duplicate"
 
@@ -193,7 +194,8 @@ class Decoded:
 
 
 def decode(raw: bytes | None) -> Decoded | str:
-    """The event, or why it is skipped: a type this projector does not know, or a broken record.
+    """The event at its current version, or why it is skipped: a type or version this projector
+    does not know yet, or a broken record.
 
     Neither may stop the projector; both are counted, and a newer projector can replay them.
     """
@@ -201,10 +203,16 @@ def decode(raw: bytes | None) -> Decoded | str:
         return Decoded(Event.from_bytes(raw or b""), (raw or b"").decode())
     except (ValidationError, UnicodeDecodeError):
         try:
-            known = json.loads(raw or b"").get("type") in EventData.registry
+            document = json.loads(raw or b"")
+            data_type = EventData.registry.get(document.get("type"))
+            version = document.get("schema_version")
         except (ValueError, AttributeError):
-            known = True
-        return MALFORMED if known else UNKNOWN_TYPE
+            return MALFORMED
+        if data_type is None:
+            return UNKNOWN_TYPE
+        if isinstance(version, int) and version > data_type.SCHEMA_VERSION:
+            return UNKNOWN_VERSION
+        return MALFORMED
 
 
 def fold(records: list[Decoded | str], last_sequences: dict[str, int]) -> Folded:

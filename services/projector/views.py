@@ -106,7 +106,9 @@ class Activity(Page):
 
 class History(Page):
     member_id: str
-    events: list[dict[str, Any]] = Field(description="the member's events as in the log, in sequence")
+    events: list[dict[str, Any]] = Field(
+        description="the member's events as in the log, in sequence, at the current version of their type"
+    )
 
 
 class SegmentMember(BaseModel):

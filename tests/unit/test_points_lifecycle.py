@@ -56,6 +56,7 @@ def test_a_redemption_takes_the_oldest_lots_first() -> None:
             points=150,
             reward="voucher",
             value_minor=1500,
+            currency="CNY",
             from_lots=(LOT_1, LOT_2.model_copy(update={"points": 50})),
         )
     ]

@@ -27,6 +27,7 @@ from schemas.events import (
     TierChanged,
     TierRetained,
 )
+from schemas.money import CURRENCY
 from schemas.rules import ProgramRules
 from services.ledger.domain import lots as lot_ops
 from services.ledger.domain.account import Account, Purchase
@@ -226,6 +227,7 @@ def _redeem(command: RedeemPoints, account: Account, rules: ProgramRules) -> lis
             points=command.points,
             reward=command.reward,
             value_minor=command.points * rules.redemption_value_minor_per_point,
+            currency=CURRENCY,
             from_lots=lot_ops.take_oldest(account.lots, command.points),
         )
     ]
