@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from fastapi.testclient import TestClient
 from kafka import KafkaProducer
@@ -16,13 +18,18 @@ from tests.conftest import Isolated, Running
 from tests.waiting import eventually
 
 
-def publish_events(isolated: Isolated, events: list[Event]) -> None:
+def publish_events(isolated: Isolated, events: list[Event] | list[dict[str, Any]]) -> None:
+    """Events keyed by member, as the processor publishes them; a dict goes exactly as written."""
     settings = isolated.ledger()
     ensure_topics(settings)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
     try:
         for event in events:
-            producer.send(settings.topic_events, key=event.member_id.encode(), value=event.to_bytes())
+            if isinstance(event, Event):
+                key, value = event.member_id, event.to_bytes()
+            else:
+                key, value = event["member_id"], json.dumps(event).encode()
+            producer.send(settings.topic_events, key=key.encode(), value=value)
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -34,7 +41,9 @@ def caught_up(read: TestClient) -> bool:
 
 
 @contextmanager
-def projected(isolated: Isolated, running: Running, events: list[Event]) -> Iterator[TestClient]:
+def projected(
+    isolated: Isolated, running: Running, events: list[Event] | list[dict[str, Any]]
+) -> Iterator[TestClient]:
     """The read API over the projection of `events`, once every one of them is applied."""
     publish_events(isolated, events)
     with TestClient(create_app(isolated.projector())) as read:

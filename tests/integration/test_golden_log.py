@@ -1,0 +1,55 @@
+"""The golden log (every event type, older schema versions included) projects to its committed snapshot.
+
+The log in tests/fixtures/ is frozen: history written today must stay readable, and project to the
+same read models, forever. After an intended change to the read models, rewrite the snapshot with
+LOYALTY_UPDATE_GOLDEN=1 and review its diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from services.projector.checksums import READ_MODEL_TABLES
+from tests.conftest import Isolated, Running
+from tests.integration.projection import projected
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+GOLDEN_LOG = FIXTURES / "golden-log.jsonl"
+SNAPSHOT = FIXTURES / "golden-snapshot.json"
+
+
+def snapshot(url: str) -> dict[str, list[str]]:
+    """Every read-model row as text, in a fixed order; the archived events by their hash only."""
+    tables: dict[str, list[str]] = {}
+    with psycopg.connect(url) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        for table in READ_MODEL_TABLES:
+            columns = sql.SQL("t")
+            if table == "member_events":
+                columns = sql.SQL(
+                    "(t.member_id, t.sequence, t.type, t.occurred_at, t.recorded_at, t.available, t.pending, "
+                    "t.lifetime_earned, t.redeemed, t.expired, t.reversed, t.amount_minor, t.reference, "
+                    "t.event->>'hash')"
+                )
+            query = sql.SQL("SELECT {}::text AS r FROM {} t ORDER BY r").format(
+                columns, sql.Identifier(table)
+            )
+            tables[table] = [row[0] for row in conn.execute(query)]
+    return tables
+
+
+def test_the_golden_log_projects_to_the_committed_snapshot(isolated: Isolated, running: Running) -> None:
+    raw = [json.loads(line) for line in GOLDEN_LOG.read_text().splitlines()]
+    assert {document["schema_version"] for document in raw if document["type"] == "PointsRedeemed"} == {1, 2}
+    with projected(isolated, running, raw):
+        found = snapshot(isolated.env["LOYALTY_DATABASE_URL"])
+    if os.environ.get("LOYALTY_UPDATE_GOLDEN") == "1":
+        SNAPSHOT.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(SNAPSHOT.read_text())
+    for table in READ_MODEL_TABLES:
+        assert found[table] == expected[table], f"{table} differs from tests/fixtures/golden-snapshot.json"
