@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
@@ -11,6 +12,24 @@ from collections.abc import Callable
 from services import logs
 
 COMPONENTS = ("ledger-api", "processor", "scheduler", "projector", "read-api")
+# Auditor tools: name -> (one-line help, what `--help` explains).
+AUDITS = {
+    "replay": (
+        "rebuild every read model from the log into a fresh schema and compare it with the live one",
+        "Rebuilds every read model from offset 0 of the events topic into a fresh Postgres schema, up "
+        "to the positions the live read models have reached, then compares the two table by table "
+        "(rows and checksums) and prints a fingerprint of the rebuilt models. Exits 1 on any "
+        "difference. With --switch, an identical rebuild catches up with the log and replaces the "
+        "live schema atomically; the previous one is kept under a '_retired_' name.",
+    ),
+    "history": (
+        "a member's events with the running balance and the rule behind each change in points",
+        "Reads the member's events from the events topic (the source of truth) and prints them in "
+        "sequence with the points each one moved, the running available and pending balances, and "
+        "the rule and rules version that produced each change. --as-of cuts the history at an "
+        "instant of business time.",
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply the read models' SQL migrations")
     for component in COMPONENTS:
         sub.add_parser(component, help=f"run the {component} alone, in the foreground")
+    audits = {name: importlib.import_module(f"services.audit.{name}") for name in AUDITS}
+    for name, (help_text, description) in AUDITS.items():
+        audit = sub.add_parser(name, help=help_text, description=description)
+        audits[name].add_arguments(audit)
     args = parser.parse_args(argv)
     logs.configure()
+    if args.command in audits:
+        return int(audits[args.command].run(args))
     handlers: dict[str, Callable[[], int]] = {
         "run": _run,
         "topics": _topics,
@@ -80,7 +105,8 @@ def _migrate() -> int:
     from services.projector.migrate import migrate
     from services.projector.settings import ProjectorSettings
 
-    migrate(ProjectorSettings().database_url)
+    settings = ProjectorSettings()
+    migrate(settings.database_url, settings.read_schema)
     return 0
 
 
@@ -114,7 +140,7 @@ def _projector() -> int:
     from services.projector.settings import ProjectorSettings
 
     settings = ProjectorSettings()
-    migrate(settings.database_url)
+    migrate(settings.database_url, settings.read_schema)
     return _until_signalled(Projector(settings).run)
 
 

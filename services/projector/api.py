@@ -31,7 +31,7 @@ from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
 from services.projector.migrate import migrate
 from services.projector.program_metrics import Period, period_count, period_starts, periods
-from services.projector.settings import ProjectorSettings
+from services.projector.settings import ProjectorSettings, schema_options
 from services.projector.views import (
     Activity,
     ActivityItem,
@@ -78,7 +78,11 @@ class _Backend:
         self.settings = settings
         # Autocommit: every read is one statement, and BEGIN/COMMIT would triple the round trips.
         self.pool = AsyncConnectionPool(
-            settings.database_url, min_size=2, max_size=10, open=False, kwargs={"autocommit": True}
+            settings.database_url,
+            min_size=2,
+            max_size=10,
+            open=False,
+            kwargs={"autocommit": True, "options": schema_options(settings.read_schema)},
         )
         self._offsets: KafkaConsumer | None = None
         self._offsets_lock = threading.Lock()
@@ -139,7 +143,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(migrate, settings.database_url)
+        await asyncio.to_thread(migrate, settings.database_url, settings.read_schema)
         await backend.pool.open()
         try:
             yield

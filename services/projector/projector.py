@@ -19,10 +19,42 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from services.kafka_compat import keep_rejoin_requested
 from services.projector import store
-from services.projector.fold import DUPLICATE, decode, fold
-from services.projector.settings import ProjectorSettings
+from services.projector.fold import DUPLICATE, Folded, decode, fold
+from services.projector.settings import ProjectorSettings, schema_options
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointMoved(Exception):
+    def __init__(self, stored: dict[int, int]) -> None:
+        super().__init__(f"checkpoints moved: {stored}")
+        self.stored = stored
+
+
+def apply_batch(
+    conn: psycopg.Connection,
+    topic: str,
+    batch: dict[TopicPartition, list[ConsumerRecord]],
+    started: float,
+    expected: dict[int, int] | None = None,
+) -> Folded:
+    """One batch into the read models, in one transaction with its checkpoint.
+
+    With `expected` (next offset per partition, as this writer last left them), a checkpoint found
+    elsewhere aborts the batch with CheckpointMoved before anything is written.
+    """
+    records = [decode(record.value) for partition_records in batch.values() for record in partition_records]
+    read = {tp.partition: (recs[-1].offset + 1, len(recs)) for tp, recs in batch.items()}
+    with conn.transaction():
+        store.lock_partitions(conn, topic, read)
+        if expected is not None:
+            stored = store.checkpoints(conn, topic, read)
+            if any(stored.get(partition, 0) != expected.get(partition, 0) for partition in read):
+                raise CheckpointMoved(stored)
+        members = {record.event.member_id for record in records if not isinstance(record, str)}
+        folded = fold(records, store.last_sequences(conn, members))
+        store.write(conn, folded, topic, read, started)
+    return folded
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -39,7 +71,7 @@ class _SeekToCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
 class Projector:
     def __init__(self, settings: ProjectorSettings) -> None:
         self._settings = settings
-        self._conn = psycopg.connect(settings.database_url)
+        self._conn = psycopg.connect(settings.database_url, options=schema_options(settings.read_schema))
         # Next offset per assigned partition, as last written to the checkpoints.
         self._applied: dict[int, int] = {}
         keep_rejoin_requested()
@@ -128,17 +160,17 @@ class Projector:
 
     def apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.monotonic()
-        records = [
-            decode(record.value) for partition_records in batch.values() for record in partition_records
-        ]
-        read = {tp.partition: (recs[-1].offset + 1, len(recs)) for tp, recs in batch.items()}
-        topic = self._settings.topic_events
-        with self._conn.transaction():
-            store.lock_partitions(self._conn, topic, read)
-            members = {record.event.member_id for record in records if not isinstance(record, str)}
-            folded = fold(records, store.last_sequences(self._conn, members))
-            store.write(self._conn, folded, topic, read, started)
-        self._applied.update({partition: offset for partition, (offset, _) in read.items()})
+        try:
+            folded = apply_batch(self._conn, self._settings.topic_events, batch, started, self._applied)
+        except CheckpointMoved as moved:
+            # Another writer (a rebuilt schema switched in, or the partition's new owner) moved on:
+            # this batch is dropped and reading resumes from the checkpoints as they now are.
+            log.warning("checkpoints moved; resuming from them", extra={"partitions": sorted(moved.stored)})
+            for tp in batch:
+                self._consumer.seek(tp, moved.stored.get(tp.partition, 0))
+                self._applied[tp.partition] = moved.stored.get(tp.partition, 0)
+            return
+        self._applied.update({tp.partition: records[-1].offset + 1 for tp, records in batch.items()})
         unreadable = {reason: n for reason, n in folded.skipped.items() if reason != DUPLICATE}
         if unreadable:
             log.warning("events skipped", extra={"skipped": unreadable})
@@ -150,7 +182,7 @@ class Projector:
         log.debug(
             "batch applied",
             extra={
-                "records": len(records),
+                "records": sum(len(records) for records in batch.values()),
                 "applied": folded.applied,
                 "duplicates": folded.duplicates,
                 "seconds": round(time.monotonic() - started, 4),

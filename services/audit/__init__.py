@@ -1,0 +1,1 @@
+"""Auditor tools: they read the log as stored and trust nothing derived from it."""

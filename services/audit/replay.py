@@ -1,0 +1,189 @@
+"""`loyalty replay`: rebuild every read model from offset 0 of the log and compare with the live ones.
+
+The live read models are measured in one snapshot: their checkpoints (where each partition is)
+and a checksum per table. The rebuild applies the log up to exactly those positions, with the
+projector's own code, into a fresh schema; equal checksums mean the live models are what the log
+says. With --switch the rebuilt schema catches up with the log and takes the live schema's name
+in one transaction; running projectors notice their checkpoints moved and resume from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from datetime import UTC, datetime
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+from psycopg import sql
+
+from services.kafka_offsets import committed_reader, end_offsets
+from services.projector import store
+from services.projector.checksums import table_checksums
+from services.projector.migrate import migrate
+from services.projector.projector import apply_batch
+from services.projector.settings import ProjectorSettings, schema_options
+
+Sums = dict[str, tuple[int, str]]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--into", metavar="SCHEMA", help="schema to rebuild into (default: a new, dated one)")
+    parser.add_argument(
+        "--switch",
+        action="store_true",
+        help="when the rebuild matches, bring it up to date and serve it in place of the live schema",
+    )
+    parser.add_argument("--batch", type=int, default=20_000, help="events per transaction")
+
+
+def fingerprint(sums: Sums) -> str:
+    """One hash of every table's row count and checksum: equal fingerprints, equal read models."""
+    return hashlib.sha256(json.dumps(sorted(sums.items())).encode()).hexdigest()
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = ProjectorSettings()
+    live = settings.read_schema
+    target = args.into or f"{live}_replay_{datetime.now(UTC):%Y%m%d%H%M%S}"
+    if target == live or _schema_exists(settings.database_url, target):
+        print(
+            f"loyalty replay: schema {target!r} already exists; choose another with --into", file=sys.stderr
+        )
+        return 2
+    reader = committed_reader(settings.kafka_bootstrap, "loyalty-replay", max_partition_fetch_bytes=8 << 20)
+    try:
+        partitions = sorted(end_offsets(reader, settings.topic_events))
+        positions, live_sums = _live_snapshot(settings, partitions)
+        migrate(settings.database_url, target)
+        with _connect(settings.database_url, target) as conn:
+            _rebuild(reader, conn, settings.topic_events, positions, args.batch)
+            replayed = table_checksums(conn)
+        identical = _report(live, target, live_sums, replayed)
+        print(f"fingerprint {fingerprint(replayed)}")
+        if not identical:
+            return 1
+        if args.switch:
+            with _connect(settings.database_url, target) as conn:
+                ends = end_offsets(reader, settings.topic_events)
+                _rebuild(reader, conn, settings.topic_events, ends, args.batch)
+            retired = _switch(settings.database_url, live, target)
+            print(f"switched: {live} serves the rebuilt read models; the previous ones are in {retired}")
+        return 0
+    finally:
+        reader.close()
+
+
+def _connect(url: str, schema: str) -> psycopg.Connection:
+    conn = psycopg.connect(url, options=schema_options(schema))
+    # A rebuild lost in a crash is simply run again: no need to wait for each commit to be flushed.
+    conn.execute("SET synchronous_commit = off")
+    conn.commit()
+    return conn
+
+
+def _schema_exists(url: str, schema: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+def _live_snapshot(settings: ProjectorSettings, partitions: list[int]) -> tuple[dict[int, int], Sums]:
+    """Positions and checksums of the live read models, from one consistent snapshot."""
+    with psycopg.connect(settings.database_url, options=schema_options(settings.read_schema)) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            found = store.checkpoints(conn, settings.topic_events, partitions)
+            sums = table_checksums(conn)
+    return {partition: found.get(partition, 0) for partition in partitions}, sums
+
+
+def _rebuild(
+    reader: KafkaConsumer, conn: psycopg.Connection, topic: str, stop: dict[int, int], batch: int
+) -> None:
+    """Apply the log from where `conn`'s schema stands up to `stop` (next offset per partition)."""
+    done = store.checkpoints(conn, topic, stop)
+    todo = {p: offset for p, offset in stop.items() if offset > done.get(p, 0)}
+    progress = _Progress(sum(todo.values()) - sum(done.get(p, 0) for p in todo))
+    tps = [TopicPartition(topic, p) for p in sorted(todo)]
+    reader.assign(tps)
+    for tp in tps:
+        reader.seek(tp, done.get(tp.partition, 0))
+    open_tps = set(tps)
+    while open_tps:
+        polled = reader.poll(timeout_ms=1000, max_records=batch)
+        chunk = {}
+        for tp, records in polled.items():
+            kept = [record for record in records if record.offset < stop[tp.partition]]
+            if kept:
+                chunk[tp] = kept
+        for tp in list(open_tps):
+            if reader.position(tp) >= stop[tp.partition]:
+                open_tps.discard(tp)
+                reader.pause(tp)
+        if chunk:
+            apply_batch(conn, topic, chunk, time.monotonic())
+            progress.add(sum(len(records) for records in chunk.values()))
+    reader.unsubscribe()
+    with conn.transaction():
+        store.advance(conn, topic, stop)
+    progress.finish()
+
+
+def _report(live: str, target: str, live_sums: Sums, replayed: Sums) -> bool:
+    width = max(len(table) for table in replayed)
+    print(f"{'table':<{width}}  {'rows ' + live:>14}  {'rows replay':>12}  checksum")
+    identical = True
+    for table in sorted(replayed):
+        (live_rows, live_md5), (rows, md5) = live_sums.get(table, (0, "-")), replayed[table]
+        same = (live_rows, live_md5) == (rows, md5)
+        identical &= same
+        verdict = md5 if same else f"{md5} DIFFERS from {live} {live_md5}"
+        print(f"{table:<{width}}  {live_rows:>14}  {rows:>12}  {verdict}")
+    print(f"{target}: {'identical to' if identical else 'DIFFERENT from'} {live}")
+    return identical
+
+
+def _switch(url: str, live: str, target: str) -> str:
+    retired = f"{live}_retired_{datetime.now(UTC):%Y%m%d%H%M%S}"
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute(
+            sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(retired))
+        )
+        conn.execute(
+            sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(target), sql.Identifier(live))
+        )
+    return retired
+
+
+class _Progress:
+    """A progress bar on stderr, redrawn at most twice a second."""
+
+    def __init__(self, total: int) -> None:
+        self._total, self._done = max(total, 0), 0
+        self._started = self._drawn = time.monotonic()
+
+    def add(self, events: int) -> None:
+        self._done += events
+        if time.monotonic() - self._drawn >= 0.5:
+            self._draw()
+
+    def finish(self) -> None:
+        self._draw()
+        elapsed = time.monotonic() - self._started
+        rate = self._done / elapsed if elapsed > 0 else 0.0
+        print(f"\nreplayed {self._done:,} events in {elapsed:.1f} s ({rate:,.0f} events/s)", file=sys.stderr)
+
+    def _draw(self) -> None:
+        self._drawn = time.monotonic()
+        share = self._done / self._total if self._total else 1.0
+        bar = "#" * int(share * 30)
+        rate = self._done / max(self._drawn - self._started, 1e-9)
+        print(
+            f"\rreplay [{bar:<30}] {share:4.0%} {self._done:,}/{self._total:,} events, {rate:,.0f}/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
