@@ -131,10 +131,10 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
             SELECT member_id, last_sequence, last_event_at, enrolled_at, available, pending,
                 lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
                 next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor
-            FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
-                %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
-                %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
-                %s::bigint[], %s::bigint[], %s::boolean[])
+            FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
+                %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
+                %b::bigint[], %b::bigint[], %b::boolean[])
                 AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
                      lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
                      next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
@@ -164,10 +164,10 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
                 purchases = m.purchases + u.purchases,
                 spend_minor = m.spend_minor + u.spend_minor,
                 refunded_minor = m.refunded_minor + u.refunded_minor
-            FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
-                %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[],
-                %s::text[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
-                %s::bigint[], %s::bigint[], %s::boolean[])
+            FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
+                %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
+                %b::bigint[], %b::bigint[], %b::boolean[])
                 AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
                      lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
                      next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
@@ -220,7 +220,7 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
     cur.execute(
         """
         INSERT INTO member_lots AS l (member_id, lot_id, points, expires_at, matures_at)
-        SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[], %s::timestamptz[])
+        SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[])
         ON CONFLICT (member_id, lot_id) DO UPDATE SET
             points = l.points + EXCLUDED.points,
             expires_at = COALESCE(l.expires_at, EXCLUDED.expires_at),
@@ -231,7 +231,7 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
     matured = [key for key, lot in sorted(folded.lots.items()) if lot.matured]
     if matured:
         cur.execute(
-            "UPDATE member_lots AS l SET matures_at = NULL FROM unnest(%s::text[], %s::text[]) AS u(m, lot) "
+            "UPDATE member_lots AS l SET matures_at = NULL FROM unnest(%b::text[], %b::text[]) AS u(m, lot) "
             "WHERE l.member_id = u.m AND l.lot_id = u.lot",
             _columns(matured),
         )
@@ -245,7 +245,7 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
     if folded.purchases:
         cur.execute(
             "INSERT INTO member_purchases (member_id, sequence, purchase_id, occurred_at, amount_minor) "
-            "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[])",
+            "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::timestamptz[], %b::bigint[])",
             _columns(
                 [
                     (member, sequence, p.purchase_id, p.occurred_at, p.amount_minor)
@@ -257,7 +257,7 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
         cur.execute(
             """
             UPDATE member_purchases AS p SET refunded_minor = u.total
-            FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS u(m, purchase, recorded, total)
+            FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[]) AS u(m, purchase, recorded, total)
             WHERE p.member_id = u.m AND p.purchase_id = u.purchase
               AND p.sequence = coalesce(u.recorded, (
                   SELECT max(q.sequence) FROM member_purchases q
@@ -277,7 +277,7 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
         cur.execute(
             """
             INSERT INTO member_categories AS c (member_id, category, spend_minor, purchases)
-            SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[])
+            SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[])
             ON CONFLICT (member_id, category) DO UPDATE SET
                 spend_minor = c.spend_minor + EXCLUDED.spend_minor,
                 purchases = c.purchases + EXCLUDED.purchases
