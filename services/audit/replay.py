@@ -63,16 +63,14 @@ def run(args: argparse.Namespace) -> int:
             _rebuild(reader, conn, settings.topic_events, positions, args.batch)
             replayed = table_checksums(conn)
         identical = _report(live, target, live_sums, replayed)
-        print(f"fingerprint {fingerprint(replayed)}")
-        if not identical:
-            return 1
-        if args.switch:
+        if identical and args.switch:
             with _connect(settings.database_url, target) as conn:
                 ends = end_offsets(reader, settings.topic_events)
                 _rebuild(reader, conn, settings.topic_events, ends, args.batch)
             retired = _switch(settings.database_url, live, target)
             print(f"switched: {live} serves the rebuilt read models; the previous ones are in {retired}")
-        return 0
+        print(f"fingerprint {fingerprint(replayed)}")
+        return 0 if identical else 1
     finally:
         reader.close()
 
