@@ -22,6 +22,14 @@ AUDITS = {
         "difference. With --switch, an identical rebuild catches up with the log and replaces the "
         "live schema atomically; the previous one is kept under a '_retired_' name.",
     ),
+    "verify": (
+        "check every member's sequence and hash chain in the events topic",
+        "Walks the events topic from offset 0 to the end offsets taken at start and checks, for every "
+        "stream (each member, and $program), that sequences run 1, 2, 3, ... and that prev_hash and "
+        "hash chain over the documents as stored. Prints the counts, the first break of each stream "
+        "and the first break overall. Exits 1 on any break, 2 when the log cannot be read. --topic "
+        "checks another topic.",
+    ),
     "history": (
         "a member's events with the running balance and the rule behind each change in points",
         "Reads the member's events from the events topic (the source of truth) and prints them in "

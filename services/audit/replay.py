@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
 import time
 from datetime import UTC, datetime
+from multiprocessing.sharedctypes import Synchronized
 
 import psycopg
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from psycopg import sql
 
 from services.kafka_offsets import committed_reader, end_offsets
@@ -38,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="when the rebuild matches, bring it up to date and serve it in place of the live schema",
     )
     parser.add_argument("--batch", type=int, default=20_000, help="events per transaction")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes sharing the partitions (default: cores)",
+    )
 
 
 def fingerprint(sums: Sums) -> str:
@@ -59,14 +68,13 @@ def run(args: argparse.Namespace) -> int:
         partitions = sorted(end_offsets(reader, settings.topic_events))
         positions, live_sums = _live_snapshot(settings, partitions)
         migrate(settings.database_url, target)
+        _rebuild(settings, target, positions, args.batch, args.workers)
         with _connect(settings.database_url, target) as conn:
-            _rebuild(reader, conn, settings.topic_events, positions, args.batch)
             replayed = table_checksums(conn)
         identical = _report(live, target, live_sums, replayed)
         if identical and args.switch:
-            with _connect(settings.database_url, target) as conn:
-                ends = end_offsets(reader, settings.topic_events)
-                _rebuild(reader, conn, settings.topic_events, ends, args.batch)
+            ends = end_offsets(reader, settings.topic_events)
+            _rebuild(settings, target, ends, args.batch, args.workers)
             retired = _switch(settings.database_url, live, target)
             print(f"switched: {live} serves the rebuilt read models; the previous ones are in {retired}")
         print(f"fingerprint {fingerprint(replayed)}")
@@ -99,35 +107,81 @@ def _live_snapshot(settings: ProjectorSettings, partitions: list[int]) -> tuple[
 
 
 def _rebuild(
-    reader: KafkaConsumer, conn: psycopg.Connection, topic: str, stop: dict[int, int], batch: int
+    settings: ProjectorSettings, schema: str, stop: dict[int, int], batch: int, workers: int
 ) -> None:
-    """Apply the log from where `conn`'s schema stands up to `stop` (next offset per partition)."""
-    done = store.checkpoints(conn, topic, stop)
-    todo = {p: offset for p, offset in stop.items() if offset > done.get(p, 0)}
-    progress = _Progress(sum(todo.values()) - sum(done.get(p, 0) for p in todo))
-    tps = [TopicPartition(topic, p) for p in sorted(todo)]
+    """Apply the log from where `schema` stands up to `stop` (next offset per partition).
+
+    Partitions are shared among worker processes: members never span partitions, and the rows
+    they share (program days) are incremented in key order, so the result is the same.
+    """
+    topic = settings.topic_events
+    with _connect(settings.database_url, schema) as conn:
+        done = store.checkpoints(conn, topic, stop)
+    todo = sorted((p, (done.get(p, 0), end)) for p, end in stop.items() if end > done.get(p, 0))
+    progress = _Progress(sum(end - start for _, (start, end) in todo))
+    context = multiprocessing.get_context("spawn")
+    applied = context.Value("q", 0)
+    processes = [
+        context.Process(
+            target=_rebuild_partitions,
+            args=(
+                settings.kafka_bootstrap,
+                settings.database_url,
+                schema,
+                topic,
+                dict(todo[n::workers]),
+                batch,
+                applied,
+            ),
+        )
+        for n in range(min(workers, len(todo)))
+    ]
+    for process in processes:
+        process.start()
+    while any(process.is_alive() for process in processes):
+        progress.show(applied.value)
+        time.sleep(0.5)
+    if any(process.exitcode != 0 for process in processes):
+        raise RuntimeError("a replay worker failed; its error is above")
+    with _connect(settings.database_url, schema) as conn, conn.transaction():
+        store.advance(conn, topic, stop)
+    progress.show(applied.value)
+    progress.finish()
+
+
+def _rebuild_partitions(
+    bootstrap: str,
+    url: str,
+    schema: str,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    batch: int,
+    applied: Synchronized[int],
+) -> None:
+    """One worker: its partitions from their start to their stop offset, with the projector's code."""
+    reader = committed_reader(bootstrap, "loyalty-replay", max_partition_fetch_bytes=8 << 20)
+    tps = [TopicPartition(topic, p) for p in sorted(ranges)]
     reader.assign(tps)
     for tp in tps:
-        reader.seek(tp, done.get(tp.partition, 0))
+        reader.seek(tp, ranges[tp.partition][0])
     open_tps = set(tps)
-    while open_tps:
-        polled = reader.poll(timeout_ms=1000, max_records=batch)
-        chunk = {}
-        for tp, records in polled.items():
-            kept = [record for record in records if record.offset < stop[tp.partition]]
-            if kept:
-                chunk[tp] = kept
-        for tp in list(open_tps):
-            if reader.position(tp) >= stop[tp.partition]:
-                open_tps.discard(tp)
-                reader.pause(tp)
-        if chunk:
-            apply_batch(conn, topic, chunk, time.monotonic())
-            progress.add(sum(len(records) for records in chunk.values()))
-    reader.unsubscribe()
-    with conn.transaction():
-        store.advance(conn, topic, stop)
-    progress.finish()
+    with _connect(url, schema) as conn:
+        while open_tps:
+            polled = reader.poll(timeout_ms=1000, max_records=batch)
+            chunk = {}
+            for tp, records in polled.items():
+                kept = [record for record in records if record.offset < ranges[tp.partition][1]]
+                if kept:
+                    chunk[tp] = kept
+            for tp in list(open_tps):
+                if reader.position(tp) >= ranges[tp.partition][1]:
+                    open_tps.discard(tp)
+                    reader.pause(tp)
+            if chunk:
+                apply_batch(conn, topic, chunk, time.monotonic())
+                with applied.get_lock():
+                    applied.value += sum(len(records) for records in chunk.values())
+    reader.close()
 
 
 def _report(live: str, target: str, live_sums: Sums, replayed: Sums) -> bool:
@@ -157,16 +211,15 @@ def _switch(url: str, live: str, target: str) -> str:
 
 
 class _Progress:
-    """A progress bar on stderr, redrawn at most twice a second."""
+    """A progress bar on stderr."""
 
     def __init__(self, total: int) -> None:
         self._total, self._done = max(total, 0), 0
         self._started = self._drawn = time.monotonic()
 
-    def add(self, events: int) -> None:
-        self._done += events
-        if time.monotonic() - self._drawn >= 0.5:
-            self._draw()
+    def show(self, done: int) -> None:
+        self._done = done
+        self._draw()
 
     def finish(self) -> None:
         self._draw()
