@@ -41,9 +41,10 @@ async def _request(
     method: str,
     path: str,
     body: bytes | None,
+    extra: str,
 ) -> tuple[int, bool]:
     """The status, and whether the connection may be used again."""
-    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     writer.write((head + "\r\n").encode() + (body or b""))
@@ -55,8 +56,16 @@ async def _request(
     return status, headers.get("connection", "").strip() != "close"
 
 
-async def run_load(host: str, port: int, rate: float, seconds: float, request_for: RequestFor) -> Load:
+async def run_load(
+    host: str,
+    port: int,
+    rate: float,
+    seconds: float,
+    request_for: RequestFor,
+    headers: dict[str, str] | None = None,
+) -> Load:
     """Send int(rate * seconds) requests, request i at start + i / rate, whatever came back before."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     load = Load()
     authority = f"{host}:{port}"
@@ -67,7 +76,7 @@ async def run_load(host: str, port: int, rate: float, seconds: float, request_fo
         try:
             connection = idle.get_nowait() if not idle.empty() else await asyncio.open_connection(host, port)
             load.late.append(time.perf_counter() - scheduled)
-            status, reusable = await _request(*connection, authority, method, path, body)
+            status, reusable = await _request(*connection, authority, method, path, body, extra)
         except (
             OSError,
             asyncio.IncompleteReadError,
@@ -102,11 +111,17 @@ async def run_load(host: str, port: int, rate: float, seconds: float, request_fo
 
 
 async def open_loop(
-    host: str, port: int, path: str, rate: float, seconds: float, body_for: Callable[[int], dict[str, Any]]
+    host: str,
+    port: int,
+    path: str,
+    rate: float,
+    seconds: float,
+    body_for: Callable[[int], dict[str, Any]],
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], Counter[int]]:
     """POST a JSON body per request; raise if any request got no answer."""
     load = await run_load(
-        host, port, rate, seconds, lambda i: ("POST", path, json.dumps(body_for(i)).encode())
+        host, port, rate, seconds, lambda i: ("POST", path, json.dumps(body_for(i)).encode()), headers
     )
     if load.errors:
         raise ConnectionError(f"requests without an answer: {dict(load.errors)}")

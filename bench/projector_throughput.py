@@ -18,8 +18,8 @@ from bench.backlog import fresh_database, load, log_end, project, table_rows
 from bench.stack import bench_env
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
+from services.migrations import migrate
 from services.projector.checksums import READ_MODEL_TABLES
-from services.projector.migrate import migrate
 
 TARGET = 10_000  # events/s
 

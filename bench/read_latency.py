@@ -25,11 +25,11 @@ import psycopg
 
 from bench.backlog import fresh_database, load, log_end, project
 from bench.http_load import Load, run_load
-from bench.stack import bench_env
+from bench.stack import auth, bench_env
 from localinfra.process import free_port
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
-from services.projector.migrate import migrate
+from services.migrations import migrate
 
 TARGET_P99_MS = 20
 
@@ -100,8 +100,10 @@ def main() -> None:
                     return "GET", paths[index % len(paths)], None
 
                 if args.warmup > 0:
-                    asyncio.run(run_load("127.0.0.1", port, args.rate, args.warmup, request))
-                result: Load = asyncio.run(run_load("127.0.0.1", port, args.rate, args.seconds, request))
+                    asyncio.run(run_load("127.0.0.1", port, args.rate, args.warmup, request, auth(env)))
+                result: Load = asyncio.run(
+                    run_load("127.0.0.1", port, args.rate, args.seconds, request, auth(env))
+                )
             finally:
                 server.terminate()
                 server.wait(timeout=30)

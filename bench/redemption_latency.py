@@ -21,7 +21,7 @@ import time
 import httpx
 
 from bench.http_load import open_loop
-from bench.stack import bench_env
+from bench.stack import auth, bench_env
 from localinfra.process import free_port
 
 
@@ -64,10 +64,10 @@ def main() -> None:
                     "currency": "CNY",
                     "occurred_at": "2026-11-22T10:00:00Z",
                 }
-                response = httpx.post(f"{base}/v1/purchases", json=body, timeout=30)
+                response = httpx.post(f"{base}/v1/purchases", json=body, headers=auth(env), timeout=30)
                 while response.status_code == 202:  # the processor is still joining its group
                     time.sleep(0.2)
-                    response = httpx.get(f"{base}{response.headers.get('location', '')}")
+                    response = httpx.get(f"{base}{response.headers.get('location', '')}", headers=auth(env))
                     if response.json()["status"] != "pending":
                         break
                 assert response.status_code in (200, 201), response.text
@@ -83,6 +83,7 @@ def main() -> None:
                         "member_id": f"m-{i % args.members}",
                         "points": 10,
                     },
+                    auth(env),
                 )
             )
         finally:

@@ -19,7 +19,7 @@ from bench.stack import bench_env
 from services import cli
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
-from services.projector.migrate import migrate
+from services.migrations import migrate
 
 TARGET = 30_000  # events/s
 

@@ -14,6 +14,11 @@ from localinfra.stack import LocalStack
 STATE_ROOT = Path(__file__).resolve().parent.parent / ".state"
 
 
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """Headers that carry the benchmark's admin key."""
+    return {"Authorization": f"Bearer {env['LOYALTY_BOOTSTRAP_ADMIN_KEY']}"}
+
+
 @contextmanager
 def bench_env() -> Iterator[dict[str, str]]:
     """LOYALTY_* settings with topics and groups of this run's own."""
@@ -42,6 +47,7 @@ def bench_env() -> Iterator[dict[str, str]]:
             "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
             "LOYALTY_PROCESSOR_INSTANCE": "0",
             "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
+            "LOYALTY_BOOTSTRAP_ADMIN_KEY": f"bench-admin-{uuid.uuid4().hex}",
         }
     finally:
         stack.purge(state_dir)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from services import logs
 
 COMPONENTS = ("ledger-api", "processor", "scheduler", "projector", "read-api")
-# Auditor tools: name -> (one-line help, what `--help` explains).
-AUDITS = {
+# Tools with options of their own: name -> (module, one-line help, what `--help` explains).
+TOOLS = {
     "replay": (
+        "services.audit.replay",
         "rebuild every read model from the log into a fresh schema and compare it with the live one",
         "Rebuilds every read model from offset 0 of the events topic into a fresh Postgres schema, up "
         "to the positions the live read models have reached, then compares the two table by table "
@@ -23,6 +24,7 @@ AUDITS = {
         "live schema atomically; the previous one is kept under a '_retired_' name.",
     ),
     "verify": (
+        "services.audit.verify",
         "check every member's sequence and hash chain in the events topic",
         "Walks the events topic from offset 0 to the end offsets taken at start and checks, for every "
         "stream (each member, and $program), that sequences run 1, 2, 3, ... and that prev_hash and "
@@ -31,11 +33,20 @@ AUDITS = {
         "checks another topic.",
     ),
     "history": (
+        "services.audit.history",
         "a member's events with the running balance and the rule behind each change in points",
         "Reads the member's events from the events topic (the source of truth) and prints them in "
         "sequence with the points each one moved, the running available and pending balances, and "
         "the rule and rules version that produced each change. --as-of cuts the history at an "
         "instant of business time.",
+    ),
+    "keys": (
+        "services.access.admin",
+        "create, list and revoke API keys",
+        "API keys for the ledger and read APIs. A key has an id, a name and scopes: commands "
+        "(purchases, refunds, redemptions and their cancels), read (balances, tiers, activity, lots, "
+        "segments, metrics), pii:read, audit (history), admin (adjustments, manual tiers, members' "
+        "data). Only a hash of each key is stored; its token is shown once, at creation.",
     ),
 }
 
@@ -53,14 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply the read models' SQL migrations")
     for component in COMPONENTS:
         sub.add_parser(component, help=f"run the {component} alone, in the foreground")
-    audits = {name: importlib.import_module(f"services.audit.{name}") for name in AUDITS}
-    for name, (help_text, description) in AUDITS.items():
-        audit = sub.add_parser(name, help=help_text, description=description)
-        audits[name].add_arguments(audit)
+    tools = {name: importlib.import_module(module) for name, (module, _, _) in TOOLS.items()}
+    for name, (_, help_text, description) in TOOLS.items():
+        tools[name].add_arguments(sub.add_parser(name, help=help_text, description=description))
     args = parser.parse_args(argv)
     logs.configure()
-    if args.command in audits:
-        return int(audits[args.command].run(args))
+    if args.command in tools:
+        return int(tools[args.command].run(args))
     handlers: dict[str, Callable[[], int]] = {
         "run": _run,
         "topics": _topics,
@@ -110,7 +120,7 @@ def _topics() -> int:
 
 
 def _migrate() -> int:
-    from services.projector.migrate import migrate
+    from services.migrations import migrate
     from services.projector.settings import ProjectorSettings
 
     settings = ProjectorSettings()
@@ -143,7 +153,7 @@ def _scheduler() -> int:
 
 
 def _projector() -> int:
-    from services.projector.migrate import migrate
+    from services.migrations import migrate
     from services.projector.projector import Projector
     from services.projector.settings import ProjectorSettings
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from localinfra.kafka import KafkaNode
 from localinfra.postgres import PostgresNode
@@ -33,6 +35,10 @@ def run_all() -> int:
         return 1
     for line in stack.status():
         print(line, flush=True)
+    if not env.get("LOYALTY_BOOTSTRAP_ADMIN_KEY"):
+        key_file = Path(env.get("LOYALTY_STATE_DIR", ".state")).resolve() / "admin.key"
+        env["LOYALTY_BOOTSTRAP_ADMIN_KEY"] = admin_key(key_file)
+        print(f"admin key (every scope): in {key_file}", flush=True)
 
     prepare = [sys.executable, "-m", "services.cli"]
     for step in ("topics", "migrate"):
@@ -73,6 +79,16 @@ def run_all() -> int:
         return 1
     print("stopped", flush=True)
     return 0
+
+
+def admin_key(path: Path) -> str:
+    """The local admin key, made on the first run and kept, readable by its owner only."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(f"lk-admin-{secrets.token_urlsafe(32)}\n")
+    return path.read_text().strip()
 
 
 def _instances(env: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:

@@ -31,6 +31,11 @@ class Isolated:
 
     env: dict[str, str]
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The test's admin key, holding every scope."""
+        return {"Authorization": f"Bearer {self.env['LOYALTY_BOOTSTRAP_ADMIN_KEY']}"}
+
     def ledger(self, **overrides: Any) -> LedgerSettings:
         return LedgerSettings(**{**self._fields(LedgerSettings), **overrides})
 
@@ -64,6 +69,7 @@ def isolated(endpoints: dict[str, str], request: pytest.FixtureRequest) -> Itera
         "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
         "LOYALTY_PROCESSOR_INSTANCE": "0",
         "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
+        "LOYALTY_BOOTSTRAP_ADMIN_KEY": f"test-admin-{uuid.uuid4().hex}",
     }
     yield Isolated(env)
     with psycopg.connect(admin_url, autocommit=True) as conn:

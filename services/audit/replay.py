@@ -24,11 +24,11 @@ from kafka import TopicPartition
 from psycopg import sql
 
 from services.kafka_offsets import committed_reader, end_offsets
+from services.migrations import migrate, schema_options
 from services.projector import store
 from services.projector.checksums import table_checksums
-from services.projector.migrate import migrate
 from services.projector.projector import apply_batch
-from services.projector.settings import ProjectorSettings, schema_options
+from services.projector.settings import ProjectorSettings
 
 Sums = dict[str, tuple[int, str]]
 

@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Path, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMessage, RefundMessage
 from schemas.position import encode_position
+from services.access.guard import Guard
+from services.access.keys import Principal
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.command_messages import (
@@ -35,8 +37,6 @@ from services.ledger.topics import ensure_topics
 from services.problems import Problem, install_problem_handlers
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("b7a9d0f4-3c6e-4a8e-9f51-6a0c2d9e4b27")
-# Until access control names the caller, this is the actor recorded on admin commands.
-ANONYMOUS_ACTOR = "unauthenticated"
 
 REJECTION_STATUS = {
     errors.InsufficientPoints.code: 409,
@@ -104,9 +104,14 @@ class Health(BaseModel):
 
 
 def create_app(settings: LedgerSettings) -> FastAPI:
+    guard = Guard(settings)
+    commands = Depends(guard.require("commands"))
+    admin = Depends(guard.require("admin"))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_topics(settings)
+        await guard.open()
         app.state.producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="loyalty-ledger-api",
@@ -125,6 +130,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             app.state.replies.stop()
             app.state.offsets.close()
             app.state.producer.close()
+            await guard.close()
 
     app = FastAPI(title="Loyalty ledger: command API", version="1", lifespan=lifespan)
     install_problem_handlers(app)
@@ -159,21 +165,21 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         response.status_code = 201 if reply.status == "applied" else 200
         return outcome
 
-    @app.post("/v1/purchases", status_code=201, response_model=CommandOutcome)
+    @app.post("/v1/purchases", status_code=201, response_model=CommandOutcome, dependencies=[commands])
     async def post_purchase(
         body: PurchaseMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Record a purchase: the member earns points on it (and is enrolled if new)."""
         return await submit(request, response, body, body.member_id, idempotency_key)
 
-    @app.post("/v1/refunds", status_code=201, response_model=CommandOutcome)
+    @app.post("/v1/refunds", status_code=201, response_model=CommandOutcome, dependencies=[commands])
     async def post_refund(
         body: RefundMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Refund part or all of a purchase: its points are reversed in proportion."""
         return await submit(request, response, body, body.member_id, idempotency_key)
 
-    @app.post("/v1/redemptions", status_code=201, response_model=CommandOutcome)
+    @app.post("/v1/redemptions", status_code=201, response_model=CommandOutcome, dependencies=[commands])
     async def post_redemption(
         body: RedemptionRequest, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
@@ -181,7 +187,12 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         command = RedemptionBody(**body.model_dump())
         return await submit(request, response, command, body.member_id, idempotency_key)
 
-    @app.post("/v1/redemptions/{redemption_id}/cancel", status_code=201, response_model=CommandOutcome)
+    @app.post(
+        "/v1/redemptions/{redemption_id}/cancel",
+        status_code=201,
+        response_model=CommandOutcome,
+        dependencies=[commands],
+    )
     async def cancel_redemption(
         redemption_id: Annotated[ExternalId, Path()],
         body: CancelRequest,
@@ -195,10 +206,14 @@ def create_app(settings: LedgerSettings) -> FastAPI:
 
     @app.post("/v1/adjustments", status_code=201, response_model=CommandOutcome)
     async def post_adjustment(
-        body: AdjustmentRequest, request: Request, response: Response, idempotency_key: IdempotencyKey = None
+        body: AdjustmentRequest,
+        request: Request,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+        caller: Principal = admin,
     ) -> CommandOutcome:
-        """Add or remove points by hand, with a reason."""
-        command = AdjustmentBody(**body.model_dump(), actor=ANONYMOUS_ACTOR)
+        """Add or remove points by hand, with a reason; the caller's key id is recorded as the actor."""
+        command = AdjustmentBody(**body.model_dump(), actor=caller.key_id)
         return await submit(request, response, command, body.member_id, idempotency_key)
 
     @app.put("/v1/members/{member_id}/tier", status_code=201, response_model=CommandOutcome)
@@ -208,12 +223,13 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         request: Request,
         response: Response,
         idempotency_key: IdempotencyKey = None,
+        caller: Principal = admin,
     ) -> CommandOutcome:
-        """Set a member's tier by hand, with a reason."""
-        command = TierBody(member_id=member_id, tier=body.tier, reason=body.reason, actor=ANONYMOUS_ACTOR)
+        """Set a member's tier by hand, with a reason; the caller's key id is recorded as the actor."""
+        command = TierBody(member_id=member_id, tier=body.tier, reason=body.reason, actor=caller.key_id)
         return await submit(request, response, command, member_id, idempotency_key)
 
-    @app.get("/v1/commands/{command_id}", response_model=CommandOutcome)
+    @app.get("/v1/commands/{command_id}", response_model=CommandOutcome, dependencies=[commands])
     def get_command(command_id: Annotated[str, Path(max_length=128)], request: Request) -> CommandOutcome:
         """A command's status: pending until the processor has decided it."""
         reply = request.app.state.replies.get(command_id)

@@ -8,9 +8,10 @@ from pathlib import Path
 from pydantic import Field
 
 from schemas.topics import KafkaSettings
+from services.access.settings import AccessSettings
 
 
-class LedgerSettings(KafkaSettings):
+class LedgerSettings(KafkaSettings, AccessSettings):
     ledger_host: str = "127.0.0.1"
     ledger_port: int = 8000
     processor_group: str = "loyalty-ledger"

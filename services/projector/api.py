@@ -23,15 +23,16 @@ from schemas.events import Event
 from schemas.inbound import MEMBER_ID_PATTERN
 from schemas.position import InvalidPosition, decode_position, encode_position
 from schemas.rules import ProgramRules
+from services.access.guard import Guard
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.domain.calendar import add_months
+from services.migrations import migrate, schema_options
 from services.problems import Problem, install_problem_handlers, problem_response
 from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
-from services.projector.migrate import migrate
 from services.projector.program_metrics import Period, period_count, period_starts, periods
-from services.projector.settings import ProjectorSettings, schema_options
+from services.projector.settings import ProjectorSettings
 from services.projector.views import (
     Activity,
     ActivityItem,
@@ -140,14 +141,17 @@ class _Backend:
 
 def create_app(settings: ProjectorSettings) -> FastAPI:
     backend = _Backend(settings)
+    guard = Guard(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, settings.database_url, settings.read_schema)
         await backend.pool.open()
+        await guard.open()
         try:
             yield
         finally:
+            await guard.close()
             await backend.pool.close()
             backend.close()
 
@@ -197,7 +201,9 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
                 )
             await asyncio.sleep(POLL_INTERVAL_S)
 
-    v1 = [Depends(caught_up)]
+    # The key is checked before any wait.
+    v1 = [Depends(guard.require("read")), Depends(caught_up)]
+    audit = [Depends(guard.require("audit")), Depends(caught_up)]
 
     @app.get("/v1/members/{member_id}", response_model=Member, dependencies=v1)
     async def get_member(member_id: MemberIdPath) -> Member:
@@ -288,7 +294,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             next_cursor=encode_cursor("activity", items[-1].sequence) if more else None,
         )
 
-    @app.get("/v1/members/{member_id}/history", response_model=History, dependencies=v1)
+    @app.get("/v1/members/{member_id}/history", response_model=History, dependencies=audit)
     async def get_history(member_id: MemberIdPath, limit: Limit = 100, cursor: str | None = None) -> History:
         """The member's events as in the log, in sequence, each at the current version of its type."""
         after = 0 if cursor is None else decode_int_cursor("history", cursor)

@@ -18,9 +18,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from services.kafka_compat import keep_rejoin_requested
+from services.migrations import schema_options
 from services.projector import store
 from services.projector.fold import DUPLICATE, Folded, decode, fold
-from services.projector.settings import ProjectorSettings, schema_options
+from services.projector.settings import ProjectorSettings
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from schemas.topics import KafkaSettings
+from services.access.settings import AccessSettings
 
 
-class ProjectorSettings(KafkaSettings):
-    database_url: str = "postgresql://loyalty@127.0.0.1:15432/loyalty"
+class ProjectorSettings(KafkaSettings, AccessSettings):
     # The Postgres schema holding the read models; `loyalty replay --switch` swaps a rebuilt one in.
     read_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     read_host: str = "127.0.0.1"
@@ -23,8 +23,3 @@ class ProjectorSettings(KafkaSettings):
     ready_max_lag: int = Field(default=1000, ge=0)
     # A read with `min_position` waits at most this long for the position to be applied.
     read_wait_s: float = Field(default=5.0, gt=0, le=60)
-
-
-def schema_options(schema: str) -> str:
-    """libpq `options` that make a connection's unqualified names mean the read models in `schema`."""
-    return f"-c search_path={schema}"

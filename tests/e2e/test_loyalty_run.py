@@ -42,6 +42,7 @@ class System:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.ledger = f"http://127.0.0.1:{env['LOYALTY_LEDGER_PORT']}"
         self.read = f"http://127.0.0.1:{env['LOYALTY_READ_PORT']}"
+        self.state = Path(env["LOYALTY_STATE_DIR"])
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "run"],
@@ -63,8 +64,13 @@ class System:
         eventually(probe, timeout_s=180, what="ready")
         return time.monotonic() - self.started
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin key `loyalty run` made in its state directory."""
+        return {"Authorization": f"Bearer {(self.state / 'admin.key').read_text().strip()}"}
+
     def balance(self, member_id: str) -> int | None:
-        response = httpx.get(f"{self.read}/v1/members/{member_id}/balance")
+        response = httpx.get(f"{self.read}/v1/members/{member_id}/balance", headers=self.headers)
         return response.json()["available"] if response.status_code == 200 else None
 
     def stop(self) -> int:
@@ -82,7 +88,10 @@ def test_run_serves_purchases_and_keeps_balances_across_restarts(
     try:
         print(f"first start ready in {system.ready():.1f} s")
         sent = time.monotonic()
-        response = httpx.post(f"{system.ledger}/v1/purchases", json=purchase("m-new", "ord-1", "129.90"))
+        assert httpx.post(f"{system.ledger}/v1/purchases", json={}).status_code == 401
+        response = httpx.post(
+            f"{system.ledger}/v1/purchases", json=purchase("m-new", "ord-1", "129.90"), headers=system.headers
+        )
         assert response.status_code == 201, response.text
         eventually(lambda: system.balance("m-new") == 129, timeout_s=30, what="balance 129")
         print(f"purchase visible in the balance after {time.monotonic() - sent:.2f} s")
@@ -107,7 +116,10 @@ def test_run_serves_purchases_and_keeps_balances_across_restarts(
         assert again.balance("m-new") == 129
         assert again.balance("m-kafka") == 50
         response = httpx.post(
-            f"{again.ledger}/v1/purchases", json=purchase("m-new", "ord-3", "1.00"), timeout=30
+            f"{again.ledger}/v1/purchases",
+            json=purchase("m-new", "ord-3", "1.00"),
+            headers=again.headers,
+            timeout=30,
         )
         assert response.status_code == 201, response.text
         try:

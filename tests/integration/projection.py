@@ -46,7 +46,7 @@ def projected(
 ) -> Iterator[TestClient]:
     """The read API over the projection of `events`, once every one of them is applied."""
     publish_events(isolated, events)
-    with TestClient(create_app(isolated.projector())) as read:
+    with TestClient(create_app(isolated.projector()), headers=isolated.headers) as read:
         running.start(Projector(isolated.projector()).run)
         eventually(lambda: caught_up(read), what="projector caught up")
         yield read

@@ -26,7 +26,7 @@ from tests.unit.test_ledger_properties import RULE_SETS, STEPS, Member
 
 @pytest.fixture
 def read(isolated: Isolated) -> Iterator[tuple[TestClient, str]]:
-    with TestClient(create_app(isolated.projector())) as client:
+    with TestClient(create_app(isolated.projector()), headers=isolated.headers) as client:
         yield client, isolated.env["LOYALTY_DATABASE_URL"]
 
 

@@ -21,7 +21,7 @@ from tests.integration.serving import serve
 
 @pytest.fixture
 def ledger(isolated: Isolated, running: Running) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.ledger())) as client:
+    with TestClient(create_app(isolated.ledger()), headers=isolated.headers) as client:
         running.start(Processor(isolated.ledger(), ProgramRules()).run)
         yield client
 
@@ -118,7 +118,7 @@ def test_bad_input_is_a_422_problem_and_unknown_commands_404(ledger: TestClient)
 def test_past_the_timeout_the_answer_is_202_and_the_command_resolves_later(
     isolated: Isolated, running: Running
 ) -> None:
-    with TestClient(create_app(isolated.ledger(command_timeout_s=0.5))) as ledger:
+    with TestClient(create_app(isolated.ledger(command_timeout_s=0.5)), headers=isolated.headers) as ledger:
         response = ledger.post("/v1/purchases", json=purchase("m-6", "o-1", "5.00"))
         assert response.status_code == 202
         location = response.headers["location"]
@@ -135,13 +135,20 @@ def test_fifty_concurrent_redemptions_never_overdraw_and_all_are_answered(
     running.start(Processor(isolated.ledger(), ProgramRules()).run)
     with serve(create_app(isolated.ledger())) as base:
         assert (
-            httpx.post(f"{base}/v1/purchases", json=purchase("m-7", "o-1", "1000.00"), timeout=30).status_code
+            httpx.post(
+                f"{base}/v1/purchases",
+                json=purchase("m-7", "o-1", "1000.00"),
+                headers=isolated.headers,
+                timeout=30,
+            ).status_code
             == 201
         )
 
         def redeem(index: int) -> int:
             body = {"redemption_id": f"rd-{index}", "member_id": "m-7", "points": 30}
-            return httpx.post(f"{base}/v1/redemptions", json=body, timeout=30).status_code
+            return httpx.post(
+                f"{base}/v1/redemptions", json=body, headers=isolated.headers, timeout=30
+            ).status_code
 
         with ThreadPoolExecutor(max_workers=50) as pool:
             statuses = list(pool.map(redeem, range(50)))
@@ -149,6 +156,7 @@ def test_fifty_concurrent_redemptions_never_overdraw_and_all_are_answered(
         assert statuses.count(201) == 33
         final = httpx.post(
             f"{base}/v1/adjustments",
+            headers=isolated.headers,
             timeout=30,
             json={"adjustment_id": "probe", "member_id": "m-7", "points": 1, "reason": "probe"},
         )

@@ -24,8 +24,8 @@ from tests.waiting import eventually
 def system(isolated: Isolated, running: Running) -> Iterator[tuple[TestClient, TestClient]]:
     """Ledger API, processor, projector and read API on one test's topics and database."""
     with (
-        TestClient(create_ledger_app(isolated.ledger())) as ledger,
-        TestClient(create_read_app(isolated.projector())) as read,
+        TestClient(create_ledger_app(isolated.ledger()), headers=isolated.headers) as ledger,
+        TestClient(create_read_app(isolated.projector()), headers=isolated.headers) as read,
     ):
         running.start(Processor(isolated.ledger(), ProgramRules()).run)
         running.start(Projector(isolated.projector()).run)

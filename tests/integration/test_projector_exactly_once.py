@@ -12,8 +12,8 @@ import psycopg
 from psycopg import sql
 
 from services.kafka_offsets import committed_reader, end_offsets
+from services.migrations import migrate
 from services.projector.checksums import table_checksums
-from services.projector.migrate import migrate
 from services.projector.projector import Projector
 from tests.conftest import Isolated, Running
 from tests.integration.projection import publish_events

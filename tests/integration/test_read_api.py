@@ -25,8 +25,8 @@ MEMBER_ROUTES = ["", "/balance", "/tier", "/lots", "/activity", "/history"]
 @pytest.fixture
 def system(isolated: Isolated, running: Running) -> Iterator[tuple[TestClient, TestClient]]:
     with (
-        TestClient(create_ledger_app(isolated.ledger())) as ledger,
-        TestClient(create_read_app(isolated.projector(read_wait_s=0.5))) as read,
+        TestClient(create_ledger_app(isolated.ledger()), headers=isolated.headers) as ledger,
+        TestClient(create_read_app(isolated.projector(read_wait_s=0.5)), headers=isolated.headers) as read,
     ):
         running.start(Processor(isolated.ledger(), ProgramRules()).run)
         running.start(Projector(isolated.projector(projector_batch_max=7)).run)

@@ -39,7 +39,7 @@ def test_the_projector_resumes_from_its_checkpoint_and_skips_duplicates(
 ) -> None:
     ledger = isolated.ledger()
     running.start(Processor(ledger, ProgramRules()).run)
-    with TestClient(create_read_app(isolated.projector())) as read:
+    with TestClient(create_read_app(isolated.projector()), headers=isolated.headers) as read:
         running.start(Projector(isolated.projector()).run)
         send_purchase(ledger, "m-2", "o-1", "10")
         eventually(lambda: balance_of(read, "m-2", 10), what="balance 10")

@@ -1,4 +1,4 @@
-"""Versioned SQL migrations for the read models, applied in order at start."""
+"""Versioned SQL migrations, applied in order at start, each set into a Postgres schema of its own."""
 
 from __future__ import annotations
 
@@ -8,19 +8,26 @@ from importlib import resources
 import psycopg
 from psycopg import sql
 
-from services.projector.settings import schema_options
-
 log = logging.getLogger(__name__)
 
 # Any constant: it only keeps two starting instances from migrating at the same time.
 MIGRATION_LOCK = 7_348_201
 
 
-def migrate(database_url: str, schema: str = "public") -> list[str]:
-    """Apply the migrations not yet applied to the read models in `schema`; return their names."""
+def schema_options(schema: str) -> str:
+    """libpq `options` that make a connection's unqualified names mean the tables in `schema`."""
+    return f"-c search_path={schema}"
+
+
+def migrate(database_url: str, schema: str = "public", package: str = "services.projector") -> list[str]:
+    """Apply `package`'s migrations not yet applied in `schema`; return their names.
+
+    The read models (services.projector) live in the read schema, which a replay can swap;
+    API keys and member data keys (services.access) live in a private schema it never touches.
+    """
     scripts = sorted(
         (entry.name, entry.read_text())
-        for entry in resources.files("services.projector").joinpath("migrations").iterdir()
+        for entry in resources.files(package).joinpath("migrations").iterdir()
         if entry.name.endswith(".sql")
     )
     applied: list[str] = []

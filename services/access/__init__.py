@@ -1,0 +1,1 @@
+"""Who may call the APIs: API keys with scopes, stored as hashes."""
