@@ -35,9 +35,39 @@ class LotPoints(BaseModel):
     expires_at: datetime
 
 
+ProfileField = Literal["name", "phone", "email", "birthday"]
+
+
+class EncryptedProfile(BaseModel):
+    """Profile fields, each sealed with AES-256-GCM under the member's data key `key_id`.
+
+    A value is base64 of the 12-byte nonce followed by the ciphertext and tag; the member id and
+    field name are authenticated with it. Erasing the data key makes every copy unreadable.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key_id: str
+    fields: dict[ProfileField, str]
+
+
 class MemberEnrolled(EventData):
     via: Literal["purchase", "api"]
     tier: str
+    # Enrolment over the API carries the profile; a purchase enrols a member without one.
+    profile: EncryptedProfile | None = None
+
+
+class ProfileUpdated(EventData):
+    """Profile fields set or changed: only those fields, encrypted."""
+
+    profile: EncryptedProfile
+
+
+class PersonalDataErased(EventData):
+    """The member's data key was destroyed: every copy of the profile is unreadable for good."""
+
+    actor: str
 
 
 class PurchaseRecorded(EventData):

@@ -40,6 +40,13 @@ TOOLS = {
         "the rule and rules version that produced each change. --as-of cuts the history at an "
         "instant of business time.",
     ),
+    "datakeys": (
+        "services.personal_data.admin",
+        "rotate the master key: rewrap every member's data key",
+        "Members' data keys are wrapped by the master key (LOYALTY_MASTER_KEY). To rotate it, set the "
+        "new one there and the old ones in LOYALTY_PREVIOUS_MASTER_KEYS, then run `loyalty datakeys "
+        "rewrap`: every data key is wrapped anew; nothing in the log changes.",
+    ),
     "keys": (
         "services.access.admin",
         "create, list and revoke API keys",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from localinfra.kafka import KafkaNode
@@ -17,6 +18,7 @@ from localinfra.process import InfraError
 from localinfra.stack import LocalStack
 from services.cli import COMPONENTS
 from services.ledger.settings import LedgerSettings
+from services.personal_data.crypto import MasterKey
 
 
 def run_all() -> int:
@@ -35,10 +37,16 @@ def run_all() -> int:
         return 1
     for line in stack.status():
         print(line, flush=True)
+    state = Path(env.get("LOYALTY_STATE_DIR", ".state")).resolve()
     if not env.get("LOYALTY_BOOTSTRAP_ADMIN_KEY"):
-        key_file = Path(env.get("LOYALTY_STATE_DIR", ".state")).resolve() / "admin.key"
-        env["LOYALTY_BOOTSTRAP_ADMIN_KEY"] = admin_key(key_file)
-        print(f"admin key (every scope): in {key_file}", flush=True)
+        env["LOYALTY_BOOTSTRAP_ADMIN_KEY"] = kept_secret(
+            state / "admin.key", lambda: f"lk-admin-{secrets.token_urlsafe(32)}"
+        )
+        print(f"admin key (every scope): in {state / 'admin.key'}", flush=True)
+    if not env.get("LOYALTY_MASTER_KEY"):
+        env["LOYALTY_MASTER_KEY"] = kept_secret(
+            state / "master.key", lambda: MasterKey.generate("local-1").text()
+        )
 
     prepare = [sys.executable, "-m", "services.cli"]
     for step in ("topics", "migrate"):
@@ -81,13 +89,13 @@ def run_all() -> int:
     return 0
 
 
-def admin_key(path: Path) -> str:
-    """The local admin key, made on the first run and kept, readable by its owner only."""
+def kept_secret(path: Path, make: Callable[[], str]) -> str:
+    """A local secret (admin key, master key), made on the first run and kept, readable by its owner only."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as out:
-            out.write(f"lk-admin-{secrets.token_urlsafe(32)}\n")
+            out.write(make() + "\n")
     return path.read_text().strip()
 
 

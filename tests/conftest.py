@@ -13,6 +13,7 @@ import pytest
 from psycopg import sql
 
 from services.ledger.settings import LedgerSettings
+from services.personal_data.crypto import MasterKey
 from services.projector.settings import ProjectorSettings
 from tests.endpoints import test_endpoints
 
@@ -70,6 +71,7 @@ def isolated(endpoints: dict[str, str], request: pytest.FixtureRequest) -> Itera
         "LOYALTY_PROCESSOR_INSTANCE": "0",
         "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
         "LOYALTY_BOOTSTRAP_ADMIN_KEY": f"test-admin-{uuid.uuid4().hex}",
+        "LOYALTY_MASTER_KEY": MasterKey.generate(f"mk-{tag}").text(),
     }
     yield Isolated(env)
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -40,7 +40,7 @@ class Guard:
         self._bootstrap = (
             settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
         )
-        self._pool = AsyncConnectionPool(
+        self.pool = AsyncConnectionPool(
             settings.database_url,
             min_size=1,
             max_size=4,
@@ -51,10 +51,10 @@ class Guard:
 
     async def open(self) -> None:
         await asyncio.to_thread(migrate, self._settings.database_url, store.PRIVATE_SCHEMA, "services.access")
-        await self._pool.open()
+        await self.pool.open()
 
     async def close(self) -> None:
-        await self._pool.close()
+        await self.pool.close()
 
     async def principal(self, token: str) -> Principal | None:
         if self._bootstrap is not None and same_token(token, self._bootstrap):
@@ -67,7 +67,7 @@ class Guard:
         if parsed is None:
             return None
         key_id, secret = parsed
-        async with self._pool.connection() as conn:
+        async with self.pool.connection() as conn:
             found = await store.active(conn, key_id)
         if found is None or not matches(secret, found[1]):
             return None

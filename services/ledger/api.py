@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,9 @@ from services.ledger.command_messages import (
     CancelBody,
     CommandMessage,
     CommandReply,
+    EnrolBody,
+    EraseBody,
+    ProfileBody,
     RedemptionBody,
     TierBody,
 )
@@ -34,6 +38,8 @@ from services.ledger.domain.ids import derived_id
 from services.ledger.replies import ReplyTracker
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
+from services.personal_data import keystore, profiles
+from services.personal_data.profiles import Profile, ProfilePatch, fields_of
 from services.problems import Problem, install_problem_handlers
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("b7a9d0f4-3c6e-4a8e-9f51-6a0c2d9e4b27")
@@ -47,6 +53,8 @@ REJECTION_STATUS = {
     errors.UnknownTier.code: 422,
     errors.InvalidAmount.code: 422,
     errors.PurchaseTooOld.code: 422,
+    errors.MemberExists.code: 409,
+    errors.PersonalDataWasErased.code: 409,
     "processing_error": 500,
 }
 
@@ -82,6 +90,11 @@ class TierRequest(_Request):
     reason: Reason
 
 
+class EnrolRequest(_Request):
+    member_id: MemberId
+    profile: Profile
+
+
 class Balance(BaseModel):
     available: int
     pending: int
@@ -105,6 +118,7 @@ class Health(BaseModel):
 
 def create_app(settings: LedgerSettings) -> FastAPI:
     guard = Guard(settings)
+    master, _ = settings.master_keys()
     commands = Depends(guard.require("commands"))
     admin = Depends(guard.require("admin"))
 
@@ -228,6 +242,74 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         """Set a member's tier by hand, with a reason; the caller's key id is recorded as the actor."""
         command = TierBody(member_id=member_id, tier=body.tier, reason=body.reason, actor=caller.key_id)
         return await submit(request, response, command, member_id, idempotency_key)
+
+    async def member_key(member_id: str) -> tuple[str, bytes]:
+        if master is None:
+            raise Problem(
+                503, "personal_data_unavailable", "No master key is configured (LOYALTY_MASTER_KEY)"
+            )
+        async with guard.pool.connection() as conn:
+            return await keystore.data_key_made(conn, master, member_id)
+
+    async def submit_profile(
+        request: Request, response: Response, body: EnrolBody | ProfileBody, key: str | None
+    ) -> CommandOutcome:
+        try:
+            return await submit(request, response, body, body.member_id, key)
+        except Problem as problem:
+            if problem.code == errors.PersonalDataWasErased.code:  # keep the erased member keyless
+                async with guard.pool.connection() as conn:
+                    await keystore.destroy(conn, body.member_id)
+            raise
+
+    @app.post("/v1/members", status_code=201, response_model=CommandOutcome)
+    async def post_member(
+        body: EnrolRequest, request: Request, response: Response, caller: Principal = admin
+    ) -> CommandOutcome:
+        """Enrol a member with a profile, sealed with the member's own key before it enters any topic.
+
+        The same body again answers 200 with the original outcome; another profile for a member
+        who has one is 409.
+        """
+        key_id, data_key = await member_key(body.member_id)
+        fields = fields_of(body.profile)
+        assert master is not None
+        # The same profile gives the same command: a keyed digest, so the id reveals nothing.
+        same = master.tag(json.dumps([body.member_id, sorted(fields.items())]))
+        sealed = profiles.seal(key_id, data_key, body.member_id, fields)
+        return await submit_profile(
+            request, response, EnrolBody(member_id=body.member_id, profile=sealed), f"enrol:{same}"
+        )
+
+    @app.patch("/v1/members/{member_id}/profile", status_code=201, response_model=CommandOutcome)
+    async def patch_profile(
+        member_id: MemberIdPath,
+        body: ProfilePatch,
+        request: Request,
+        response: Response,
+        idempotency_key: IdempotencyKey = None,
+        caller: Principal = admin,
+    ) -> CommandOutcome:
+        """Change profile fields; only the changed fields are sealed into the log."""
+        key_id, data_key = await member_key(member_id)
+        sealed = profiles.seal(key_id, data_key, member_id, fields_of(body))
+        return await submit_profile(
+            request, response, ProfileBody(member_id=member_id, profile=sealed), idempotency_key
+        )
+
+    @app.delete("/v1/members/{member_id}/personal-data", status_code=201, response_model=CommandOutcome)
+    async def erase_personal_data(
+        member_id: MemberIdPath, request: Request, response: Response, caller: Principal = admin
+    ) -> CommandOutcome:
+        """Erase the member's personal data: the data key is destroyed, then PersonalDataErased is logged.
+
+        Balances, points history and the hash chain are untouched; every copy of the profile,
+        wherever it is, can no longer be read.
+        """
+        async with guard.pool.connection() as conn:
+            await keystore.destroy(conn, member_id)
+        body = EraseBody(member_id=member_id, actor=caller.key_id)
+        return await submit(request, response, body, member_id, "erase")
 
     @app.get("/v1/commands/{command_id}", response_model=CommandOutcome, dependencies=[commands])
     def get_command(command_id: Annotated[str, Path(max_length=128)], request: Request) -> CommandOutcome:

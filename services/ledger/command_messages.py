@@ -21,16 +21,20 @@ from pydantic import (
     ValidationError,
 )
 
+from schemas.events import EncryptedProfile
 from schemas.inbound import ExternalId, InboundMessage, MemberId, PurchaseMessage, RefundMessage
 from schemas.money import to_minor
 from services.ledger.domain.commands import (
     AdjustPoints,
     CancelRedemption,
     Command,
+    EnrolMember,
+    ErasePersonalData,
     RecordPurchase,
     RedeemPoints,
     RefundPurchase,
     SetTier,
+    UpdateProfile,
 )
 from services.ledger.domain.ids import derived_id
 
@@ -85,6 +89,24 @@ class TierBody(_Body):
     actor: Text
 
 
+class EnrolBody(_Body):
+    type: Literal["enrolment"] = "enrolment"
+    member_id: MemberId
+    profile: EncryptedProfile
+
+
+class ProfileBody(_Body):
+    type: Literal["profile_update"] = "profile_update"
+    member_id: MemberId
+    profile: EncryptedProfile
+
+
+class EraseBody(_Body):
+    type: Literal["erasure"] = "erasure"
+    member_id: MemberId
+    actor: Text
+
+
 class TickBody(_Body):
     """A clock tick for every member of the partition it is written to."""
 
@@ -92,7 +114,18 @@ class TickBody(_Body):
     now: AwareDatetime
 
 
-AnyBody = PurchaseMessage | RefundMessage | RedemptionBody | CancelBody | AdjustmentBody | TierBody | TickBody
+AnyBody = (
+    PurchaseMessage
+    | RefundMessage
+    | RedemptionBody
+    | CancelBody
+    | AdjustmentBody
+    | TierBody
+    | EnrolBody
+    | ProfileBody
+    | EraseBody
+    | TickBody
+)
 CommandBody = Annotated[AnyBody, Field(discriminator="type")]
 
 
@@ -219,6 +252,12 @@ def to_command(body: BaseModel, command_id: str, correlation_id: str, issued_at:
                 reason=body.reason,
                 actor=body.actor,
             )
+        case EnrolBody():
+            return EnrolMember(**ids, member_id=body.member_id, occurred_at=at, profile=body.profile)
+        case ProfileBody():
+            return UpdateProfile(**ids, member_id=body.member_id, occurred_at=at, profile=body.profile)
+        case EraseBody():
+            return ErasePersonalData(**ids, member_id=body.member_id, occurred_at=at, actor=body.actor)
     raise InvalidRecord("unsupported_type", f"{type(body).__name__} is not a command")
 
 
@@ -229,6 +268,17 @@ def _validate(adapter: TypeAdapter[M], value: bytes | None) -> M:
         return adapter.validate_json(value)
     except ValidationError as error:
         first = error.errors()[0]
-        tags = {"purchase", "refund", "redemption", "redemption_cancel", "adjustment", "tier_change", "tick"}
+        tags = {
+            "purchase",
+            "refund",
+            "redemption",
+            "redemption_cancel",
+            "adjustment",
+            "tier_change",
+            "enrolment",
+            "profile_update",
+            "erasure",
+            "tick",
+        }
         where = ".".join(str(part) for part in first["loc"] if part not in tags) or "value"
         raise InvalidRecord("invalid_message", f"{where}: {first['msg']}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -24,10 +25,12 @@ from schemas.inbound import MEMBER_ID_PATTERN
 from schemas.position import InvalidPosition, decode_position, encode_position
 from schemas.rules import ProgramRules
 from services.access.guard import Guard
+from services.access.keys import Principal
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.domain.calendar import add_months
 from services.migrations import migrate, schema_options
+from services.personal_data import keystore, profiles
 from services.problems import Problem, install_problem_handlers, problem_response
 from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
@@ -44,6 +47,8 @@ from services.projector.views import (
     Lots,
     Member,
     NextTier,
+    ProfileFields,
+    ProfileView,
     ProgramMetrics,
     Segment,
     SegmentMember,
@@ -53,6 +58,7 @@ from services.projector.views import (
     TierView,
 )
 
+log = logging.getLogger(__name__)
 MemberIdPath = Annotated[str, Path(pattern=MEMBER_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 POLL_INTERVAL_S = 0.01
@@ -142,6 +148,7 @@ class _Backend:
 def create_app(settings: ProjectorSettings) -> FastAPI:
     backend = _Backend(settings)
     guard = Guard(settings)
+    _, masters = settings.master_keys()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -204,6 +211,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     # The key is checked before any wait.
     v1 = [Depends(guard.require("read")), Depends(caught_up)]
     audit = [Depends(guard.require("audit")), Depends(caught_up)]
+    pii = Depends(guard.require("pii:read"))
 
     @app.get("/v1/members/{member_id}", response_model=Member, dependencies=v1)
     async def get_member(member_id: MemberIdPath) -> Member:
@@ -222,10 +230,41 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             tier=_tier_status(row, rules, start),
             segment=_recency(row["last_purchase_at"] or row["enrolled_at"], now, rules),
             favourite_category=row["favourite"],
+            profile=await _profile(member_id, row["profile_fields"], row["profile_erased"], masked=True),
             last_purchase_at=row["last_purchase_at"],
             last_activity_at=row["last_event_at"],
             position=encode_position(member_id, row["last_sequence"]),
         )
+
+    async def _profile(
+        member_id: str, sealed: dict[str, str] | None, erased: bool | None, masked: bool
+    ) -> ProfileFields | None:
+        if sealed is None:
+            return None
+        if erased:
+            return ProfileFields(erased=True)
+        async with guard.pool.connection() as conn:
+            key = await keystore.data_key(conn, masters, member_id)
+        if key is None:  # the key is destroyed: erased, even before the event is projected
+            return ProfileFields(erased=True)
+        fields = profiles.open_fields(key[1], member_id, sealed)
+        return ProfileFields.model_validate(profiles.masked(fields) if masked else fields)
+
+    @app.get("/v1/members/{member_id}/profile", response_model=ProfileView, dependencies=[Depends(caught_up)])
+    async def get_profile(member_id: MemberIdPath, caller: Principal = pii) -> ProfileView:
+        """The member's profile in clear; `{"erased": true}` after erasure. Every read is logged."""
+        async with backend.pool.connection() as conn:
+            if await queries.applied_sequence(conn, member_id) is None:
+                raise _not_found(member_id)
+            found = await queries.profile(conn, member_id)
+        if found is None:
+            raise Problem(
+                404, "profile_not_found", "The member has no profile", f"no profile for {member_id!r}"
+            )
+        shown = await _profile(member_id, found[0], found[1], masked=False)
+        assert shown is not None
+        log.info("profile read", extra={"key_id": caller.key_id, "member_id": member_id})
+        return ProfileView(member_id=member_id, **shown.model_dump())
 
     @app.get("/v1/members/{member_id}/balance", response_model=BalanceAt, dependencies=v1)
     async def get_balance(

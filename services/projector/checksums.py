@@ -16,6 +16,7 @@ READ_MODEL_TABLES = (
     "program_days",
     "program_tier_days",
     "program_rules",
+    "member_profiles",
 )
 
 

@@ -13,10 +13,12 @@ from datetime import date, datetime
 from pydantic import ValidationError
 
 from schemas.events import (
+    EncryptedProfile,
     Event,
     EventData,
     LotPoints,
     MemberEnrolled,
+    PersonalDataErased,
     PointsAdjusted,
     PointsEarned,
     PointsExpired,
@@ -24,6 +26,7 @@ from schemas.events import (
     PointsRedeemed,
     PointsRestored,
     PointsReversed,
+    ProfileUpdated,
     ProgramRulesChanged,
     PurchaseRecorded,
     PurchaseRefunded,
@@ -120,6 +123,15 @@ class LotChange:
 
 
 @dataclass(slots=True)
+class ProfileChange:
+    """Sealed fields set by the batch (merged over the stored ones), or the erasure of them all."""
+
+    key_id: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    erased: bool = False
+
+
+@dataclass(slots=True)
 class DayChange:
     enrolments: int = 0
     purchases: int = 0
@@ -166,6 +178,7 @@ class Folded:
     purchase_sequences: dict[tuple[str, str], int] = field(default_factory=dict)
     categories: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     tier_history: list[tuple[Event, TierChanged]] = field(default_factory=list)
+    profiles: dict[str, ProfileChange] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
     days: dict[date, DayChange] = field(default_factory=dict)
     tier_days: dict[tuple[date, str], int] = field(default_factory=dict)
@@ -263,6 +276,12 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             member.tier = data.tier
             day.enrolments += 1
             _tier_day(folded, event.occurred_at.date(), data.tier, 1)
+            if data.profile is not None:
+                _profile(folded, event.member_id, data.profile)
+        case ProfileUpdated():
+            _profile(folded, event.member_id, data.profile)
+        case PersonalDataErased():
+            folded.profiles[event.member_id] = ProfileChange(erased=True)
         case PurchaseRecorded():
             folded.purchases[(event.member_id, event.sequence)] = NewPurchase(
                 data.purchase_id, event.occurred_at, data.amount_minor
@@ -361,6 +380,12 @@ def _lot(folded: Folded, member_id: str, lot_id: str, points: int, expires_at: d
     lot.points += points
     lot.expires_at = expires_at or lot.expires_at
     return lot
+
+
+def _profile(folded: Folded, member_id: str, profile: EncryptedProfile) -> None:
+    change = folded.profiles.setdefault(member_id, ProfileChange())
+    change.key_id = profile.key_id
+    change.fields.update({name: value for name, value in profile.fields.items()})
 
 
 def _day(folded: Folded, day: date) -> DayChange:

@@ -56,8 +56,10 @@ async def member(
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         """
-        SELECT m.*, w.spend AS window_spend, w.purchases AS window_purchases, f.category AS favourite
+        SELECT m.*, w.spend AS window_spend, w.purchases AS window_purchases, f.category AS favourite,
+               pr.fields AS profile_fields, pr.erased AS profile_erased
         FROM members m
+        LEFT JOIN member_profiles pr ON pr.member_id = m.member_id
         LEFT JOIN LATERAL (
             SELECT coalesce(sum(p.amount_minor - p.refunded_minor), 0)::bigint AS spend, count(*) AS purchases
             FROM member_purchases p
@@ -73,6 +75,13 @@ async def member(
         {"member": member_id, "start": window_start, "now": now},
     )
     return await cur.fetchone()
+
+
+async def profile(conn: AsyncConnection, member_id: str) -> tuple[dict[str, str], bool] | None:
+    """(sealed fields, erased) of a member's profile; None when the member never had one."""
+    cur = await conn.execute("SELECT fields, erased FROM member_profiles WHERE member_id = %s", (member_id,))
+    row = await cur.fetchone()
+    return None if row is None else (dict(row[0]), bool(row[1]))
 
 
 async def balance_at(

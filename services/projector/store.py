@@ -57,6 +57,7 @@ def write(
             _lots(cur, folded)
             _purchases(cur, folded)
             _tiers(cur, folded)
+            _profiles(cur, folded)
             _program(cur, folded)
             cur.executemany(
                 "INSERT INTO projector_skips AS s (topic, reason, events) VALUES (%s, %s, %s) "
@@ -284,6 +285,24 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
             """,
             _columns([(m, category, sp, n) for (m, category), (sp, n) in sorted(folded.categories.items())]),
         )
+
+
+def _profiles(cur: psycopg.Cursor, folded: Folded) -> None:
+    if not folded.profiles:
+        return
+    cur.executemany(
+        """
+        INSERT INTO member_profiles AS p (member_id, key_id, fields, erased) VALUES (%s, %s, %s, %s)
+        ON CONFLICT (member_id) DO UPDATE SET
+            key_id = CASE WHEN EXCLUDED.erased THEN NULL ELSE COALESCE(EXCLUDED.key_id, p.key_id) END,
+            fields = CASE WHEN EXCLUDED.erased THEN '{}'::jsonb ELSE p.fields || EXCLUDED.fields END,
+            erased = p.erased OR EXCLUDED.erased
+        """,
+        [
+            (member, change.key_id, Jsonb(change.fields), change.erased)
+            for member, change in sorted(folded.profiles.items())
+        ],
+    )
 
 
 def _tiers(cur: psycopg.Cursor, folded: Folded) -> None:

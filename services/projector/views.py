@@ -45,6 +45,20 @@ class TierStatus(BaseModel):
     next: NextTier | None = Field(description="what is missing to reach the next tier; null at the top")
 
 
+class ProfileFields(BaseModel):
+    """A profile, in clear (`/profile`, scope pii:read) or masked (`GET /v1/members/{id}`)."""
+
+    erased: bool = Field(default=False, description="the personal data was erased: nothing can be read")
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    birthday: str | None = None
+
+
+class ProfileView(ProfileFields):
+    member_id: str
+
+
 class Member(BaseModel):
     member_id: str
     enrolled_at: datetime
@@ -54,6 +68,7 @@ class Member(BaseModel):
     favourite_category: str | None
     last_purchase_at: datetime | None
     last_activity_at: datetime
+    profile: ProfileFields | None = Field(description="masked; null when the member has no profile")
     position: str
 
 

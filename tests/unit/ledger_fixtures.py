@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from schemas.events import Event, EventData, LotPoints
+from schemas.events import EncryptedProfile, Event, EventData, LotPoints
 from schemas.inbound import PurchaseItem
 from schemas.rules import ProgramRules
 from services.ledger.domain.account import Account
@@ -16,11 +16,14 @@ from services.ledger.domain.commands import (
     AdvanceClock,
     CancelRedemption,
     Command,
+    EnrolMember,
+    ErasePersonalData,
     RecordPurchase,
     RecordRules,
     RedeemPoints,
     RefundPurchase,
     SetTier,
+    UpdateProfile,
 )
 from services.ledger.domain.decide import decide
 
@@ -124,6 +127,23 @@ def set_tier(
         reason=reason,
         actor=actor,
     )
+
+
+def sealed_profile(**fields: str) -> EncryptedProfile:
+    """A stand-in for a sealed profile: the domain never looks inside."""
+    return EncryptedProfile.model_validate({"key_id": "dk-test", "fields": fields or {"name": "c2VhbGVk"}})
+
+
+def enrol(when: datetime = T0, command_id: str = "enrol", **fields: str) -> EnrolMember:
+    return EnrolMember(**_ids(command_id, when), profile=sealed_profile(**fields))
+
+
+def update_profile(when: datetime = T0, command_id: str = "profile", **fields: str) -> UpdateProfile:
+    return UpdateProfile(**_ids(command_id, when), profile=sealed_profile(**fields))
+
+
+def erase(when: datetime = T0, command_id: str = "erase", actor: str = "key-ops") -> ErasePersonalData:
+    return ErasePersonalData(**_ids(command_id, when), actor=actor)
 
 
 def tick(when: datetime, command_id: str | None = None) -> AdvanceClock:

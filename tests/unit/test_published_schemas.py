@@ -120,9 +120,16 @@ def history() -> list[Event]:
         make.tick(at(2026, 1, 21)),  # the window still qualifies: tier retained
         rules=RULES,
     )
+    private = log_of(
+        "s-3",
+        make.enrol(at(2025, 2, 1), name="bmFtZQ=="),
+        make.update_profile(at(2025, 2, 2), phone="cGhvbmU="),
+        make.erase(at(2025, 2, 3)),
+        rules=RULES,
+    )
     program = log_of("$program", make.record_rules(at(2025, 1, 1)), rules=RULES)
     refused = rejected(make.given(make.purchase("o-9", 1000), rules=RULES), make.redeem("x-9", 10**6))
-    return [*busy, *kept, *program, *refused]
+    return [*busy, *kept, *private, *program, *refused]
 
 
 def test_the_history_covers_every_event_type() -> None:

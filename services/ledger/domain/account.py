@@ -14,6 +14,7 @@ from schemas.events import (
     Event,
     LotPoints,
     MemberEnrolled,
+    PersonalDataErased,
     PointsAdjusted,
     PointsEarned,
     PointsExpired,
@@ -21,6 +22,7 @@ from schemas.events import (
     PointsRedeemed,
     PointsRestored,
     PointsReversed,
+    ProfileUpdated,
     ProgramRulesChanged,
     PurchaseRecorded,
     PurchaseRefunded,
@@ -72,6 +74,8 @@ class Account:
     sequence: int = 0
     last_hash: str = GENESIS_HASH
     enrolled: bool = False
+    has_profile: bool = False
+    erased: bool = False
     tier: str = ""
     next_evaluation_at: datetime | None = None
     lots: tuple[Lot, ...] = ()
@@ -137,7 +141,11 @@ def _apply(account: Account, event: Event) -> Account:
     data = event.data
     match data:
         case MemberEnrolled():
-            return _set(account, enrolled=True, tier=data.tier)
+            return _set(account, enrolled=True, tier=data.tier, has_profile=data.profile is not None)
+        case ProfileUpdated():
+            return _set(account, has_profile=True)
+        case PersonalDataErased():
+            return _set(account, has_profile=False, erased=True)
         case PurchaseRecorded():
             purchase = Purchase(
                 command_id=event.command_id, amount_minor=data.amount_minor, occurred_at=event.occurred_at

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from schemas.events import EncryptedProfile
 from schemas.inbound import PurchaseItem
 
 
@@ -68,3 +69,18 @@ class AdvanceClock(Command):
 @dataclass(frozen=True, kw_only=True)
 class RecordRules(Command):
     """Record the rules in force in the program's own stream, when they differ from the last."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrolMember(Command):
+    profile: EncryptedProfile
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateProfile(Command):
+    profile: EncryptedProfile
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErasePersonalData(Command):
+    actor: str

@@ -13,6 +13,7 @@ from schemas.events import (
     EventData,
     LotPoints,
     MemberEnrolled,
+    PersonalDataErased,
     PointsAdjusted,
     PointsEarned,
     PointsExpired,
@@ -20,6 +21,7 @@ from schemas.events import (
     PointsRedeemed,
     PointsRestored,
     PointsReversed,
+    ProfileUpdated,
     ProgramRulesChanged,
     PurchaseRecorded,
     PurchaseRefunded,
@@ -37,16 +39,21 @@ from services.ledger.domain.commands import (
     AdvanceClock,
     CancelRedemption,
     Command,
+    EnrolMember,
+    ErasePersonalData,
     RecordPurchase,
     RecordRules,
     RedeemPoints,
     RefundPurchase,
     SetTier,
+    UpdateProfile,
 )
 from services.ledger.domain.earning import points_for
 from services.ledger.domain.errors import (
     InsufficientPoints,
     InvalidAmount,
+    MemberExists,
+    PersonalDataWasErased,
     PurchaseTooOld,
     RefundExceedsPurchase,
     RulesChangedWithoutNewVersion,
@@ -389,6 +396,32 @@ def _record_rules(command: RecordRules, account: Account, rules: ProgramRules) -
             version=rules.version, fingerprint=fingerprint, rules=rules.model_dump(mode="json")
         )
     ]
+
+
+@_decide.register
+def _enrol(command: EnrolMember, account: Account, rules: ProgramRules) -> list[EventData]:
+    """A new member with a profile; a member a purchase enrolled gets the profile as an update."""
+    if account.erased:
+        raise PersonalDataWasErased(f"the personal data of {account.member_id!r} was erased")
+    if not account.enrolled:
+        return [MemberEnrolled(via="api", tier=rules.tiers[0].name, profile=command.profile)]
+    if account.has_profile:
+        raise MemberExists(f"{account.member_id!r} is already enrolled with a profile")
+    return [ProfileUpdated(profile=command.profile)]
+
+
+@_decide.register
+def _update_profile(command: UpdateProfile, account: Account, rules: ProgramRules) -> list[EventData]:
+    _require_member(account)
+    if account.erased:
+        raise PersonalDataWasErased(f"the personal data of {account.member_id!r} was erased")
+    return [ProfileUpdated(profile=command.profile)]
+
+
+@_decide.register
+def _erase(command: ErasePersonalData, account: Account, rules: ProgramRules) -> list[EventData]:
+    _require_member(account)
+    return [] if account.erased else [PersonalDataErased(actor=command.actor)]
 
 
 def _require_member(account: Account) -> None:

@@ -45,3 +45,11 @@ class InvalidAmount(LedgerError):
 
 class PurchaseTooOld(LedgerError):
     code = "purchase_too_old"
+
+
+class MemberExists(LedgerError):
+    code = "member_exists"
+
+
+class PersonalDataWasErased(LedgerError):
+    code = "personal_data_erased"
