@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.money import Amount, Currency
 
@@ -22,6 +23,21 @@ class PurchaseItem(BaseModel):
     amount: Amount
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _plausible(moment: datetime) -> datetime:
+    # Far dates cannot be a purchase, and the ledger's calendar arithmetic (expiry, windows,
+    # years ahead and behind) must stay within what a datetime can hold.
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError("occurred_at must be between 1970-01-01 and 2200-01-01")
+    return moment
+
+
+OccurredAt = Annotated[AwareDatetime, AfterValidator(_plausible)]
+
+
 class PurchaseMessage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -30,7 +46,7 @@ class PurchaseMessage(BaseModel):
     member_id: MemberId
     amount: Amount
     currency: Currency
-    occurred_at: AwareDatetime
+    occurred_at: OccurredAt
     store_id: Annotated[str, StringConstraints(max_length=64)] | None = None
     channel: Annotated[str, StringConstraints(max_length=32)] | None = None
     items: list[PurchaseItem] | None = Field(default=None, max_length=500)
@@ -45,7 +61,7 @@ class RefundMessage(BaseModel):
     member_id: MemberId
     amount: Amount
     currency: Currency
-    occurred_at: AwareDatetime
+    occurred_at: OccurredAt
 
 
 InboundMessage = Annotated[PurchaseMessage | RefundMessage, Field(discriminator="type")]

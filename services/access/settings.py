@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.personal_data.crypto import MasterKey
@@ -16,6 +16,8 @@ class AccessSettings(BaseSettings):
     bootstrap_admin_key: SecretStr | None = None
     # How long a verified key is trusted before it is looked up again (a revocation takes this long).
     key_cache_s: float = 5.0
+    # The largest request body either HTTP API reads; past it, 413.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # `<id>:<base64 of 32 bytes>`: wraps members' data keys. `make run` makes one when unset.
     master_key: SecretStr | None = None
     # Comma-separated earlier master keys, still able to unwrap until `loyalty datakeys rewrap`.

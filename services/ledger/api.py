@@ -19,6 +19,7 @@ from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMes
 from schemas.position import encode_position
 from services.access.guard import Guard
 from services.access.keys import Principal
+from services.body_limit import install_body_limit
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.command_messages import (
@@ -148,6 +149,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
 
     app = FastAPI(title="Loyalty ledger: command API", version="1", lifespan=lifespan)
     install_problem_handlers(app)
+    install_body_limit(app, settings.max_body_bytes)
     install_http_metrics(app, "ledger-api")
 
     async def submit(

@@ -172,7 +172,13 @@ _command: TypeAdapter[CommandMessage] = TypeAdapter(CommandMessage)
 
 
 def parse_command_record(value: bytes | None) -> Command | Tick:
-    message = _validate(_command, value)
+    try:
+        return _parse_command(_validate(_command, value))
+    except (ValueError, OverflowError) as error:  # e.g. a time no calendar arithmetic can hold
+        raise InvalidRecord("invalid_message", str(error)) from None
+
+
+def _parse_command(message: CommandMessage) -> Command | Tick:
     if isinstance(message.body, TickBody):
         return Tick(
             command_id=message.command_id,
@@ -185,6 +191,13 @@ def parse_command_record(value: bytes | None) -> Command | Tick:
 def parse_inbound_record(value: bytes | None) -> Command:
     """A bare purchase or refund; its command id is derived from its business id."""
     message = _validate(_inbound, value)
+    try:
+        return _inbound_command(message)
+    except (ValueError, OverflowError) as error:
+        raise InvalidRecord("invalid_message", str(error)) from None
+
+
+def _inbound_command(message: PurchaseMessage | RefundMessage) -> Command:
     key = (
         f"purchase:{message.purchase_id}"
         if isinstance(message, PurchaseMessage)

@@ -26,6 +26,7 @@ from schemas.position import InvalidPosition, decode_position, encode_position
 from schemas.rules import ProgramRules
 from services.access.guard import Guard
 from services.access.keys import Principal
+from services.body_limit import install_body_limit
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.domain.calendar import add_months
@@ -170,6 +171,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         "accepts `min_position` (from a command's answer) to read its own writes.",
     )
     install_problem_handlers(app)
+    install_body_limit(app, settings.max_body_bytes)
     install_http_metrics(app, "read-api", lambda _: _projector_metrics(backend))
 
     async def on_busy(_: Request, exc: Exception) -> JSONResponse:

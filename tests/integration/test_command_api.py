@@ -161,3 +161,10 @@ def test_fifty_concurrent_redemptions_never_overdraw_and_all_are_answered(
             json={"adjustment_id": "probe", "member_id": "m-7", "points": 1, "reason": "probe"},
         )
         assert final.json()["balance"]["available"] == 1000 - 33 * 30 + 1
+
+
+def test_times_out_of_any_plausible_range_are_422(ledger: TestClient) -> None:
+    for moment in ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1969-12-31T23:59:59Z"]:
+        response = ledger.post("/v1/purchases", json=purchase("m-9", "o-far", "1.00", occurred_at=moment))
+        assert response.status_code == 422, moment
+        assert response.headers["content-type"] == "application/problem+json"

@@ -88,12 +88,15 @@ def test_invalid_records_are_dead_lettered_and_processing_goes_on(
     _, read = system
     settings = isolated.ledger()
     bad = json.dumps(purchase("m-9", "ord-x", "-5")).encode()
+    # A time no calendar arithmetic can hold (it once stopped the processor).
+    ancient = json.dumps(purchase("m-9", "ord-y", "5.00", occurred_at="0001-01-01T00:00:00+14:00")).encode()
     publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", b"not json")
     publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", bad)
+    publish(settings.kafka_bootstrap, settings.topic_purchases, b"m-9", ancient)
     send_purchase(settings, "m-9", "ord-ok", "5.00")
     eventually(lambda: balance_of(read, "m-9", 5), what="balance after bad records")
     dead = read_all(settings.kafka_bootstrap, settings.topic_dlq)
-    assert [record.value for record in dead] == [b"not json", bad]
+    assert [record.value for record in dead] == [b"not json", bad, ancient]
     for record in dead:
         headers = {key: value.decode() for key, value in record.headers}
         assert headers["error.code"] == "invalid_message"
