@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         return problem_response(Problem(exc.status_code, "http_error", str(exc.detail)))
 
+    async def on_busy(_: Request, exc: Exception) -> JSONResponse:
+        busy = Problem(503, "busy", "No database connection was free in time", type(exc).__name__)
+        busy.headers["Retry-After"] = "1"
+        return problem_response(busy)
+
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return problem_response(Problem(500, "internal_error", "Internal error"))
@@ -65,4 +71,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(PoolTimeout, on_busy)
     app.add_exception_handler(Exception, on_unexpected)

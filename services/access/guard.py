@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer lk_<id>_<secret>`.")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
 CACHE_LIMIT = 10_000
+REFUSED_S = 1.0
 
 
 def _unauthenticated(detail: str) -> Problem:
@@ -48,6 +49,7 @@ class Guard:
             kwargs={"autocommit": True, "options": schema_options(store.PRIVATE_SCHEMA)},
         )
         self._verified: dict[str, tuple[float, Principal]] = {}
+        self._refused: dict[str, float] = {}
 
     async def open(self) -> None:
         await asyncio.to_thread(migrate, self._settings.database_url, store.PRIVATE_SCHEMA, "services.access")
@@ -63,6 +65,8 @@ class Guard:
         cached = self._verified.get(cache_key)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        if self._refused.get(cache_key, 0.0) > time.monotonic():
+            return None
         parsed = parse(token)
         if parsed is None:
             return None
@@ -70,6 +74,10 @@ class Guard:
         async with self.pool.connection() as conn:
             found = await store.active(conn, key_id)
         if found is None or not matches(secret, found[1]):
+            # A wrong token is not looked up again for a moment: guessing costs no database load.
+            if len(self._refused) >= CACHE_LIMIT:
+                self._refused.clear()
+            self._refused[cache_key] = time.monotonic() + REFUSED_S
             return None
         principal = Principal(key_id, frozenset(found[0]))
         if len(self._verified) >= CACHE_LIMIT:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -119,7 +121,7 @@ class Health(BaseModel):
 
 def create_app(settings: LedgerSettings) -> FastAPI:
     guard = Guard(settings)
-    master, _ = settings.master_keys()
+    master, masters = settings.master_keys()
     commands = Depends(guard.require("commands"))
     admin = Depends(guard.require("admin"))
 
@@ -156,7 +158,10 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         request: Request, response: Response, body: AnyBody, member_id: str, key: str | None
     ) -> CommandOutcome:
         """Send the command and answer with the processor's decision, or 202 past the timeout."""
-        command_id = derived_id(IDEMPOTENCY_NAMESPACE, f"{member_id}:{key}") if key else str(uuid.uuid4())
+        # A key names a retry of the same kind of command: ids of different kinds never meet.
+        command_id = (
+            derived_id(IDEMPOTENCY_NAMESPACE, f"{member_id}:{body.type}:{key}") if key else str(uuid.uuid4())
+        )
         replies: ReplyTracker = request.app.state.replies
         reply = replies.get(command_id)
         if reply is None:
@@ -250,8 +255,13 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             raise Problem(
                 503, "personal_data_unavailable", "No master key is configured (LOYALTY_MASTER_KEY)"
             )
-        async with guard.pool.connection() as conn:
-            return await keystore.data_key_made(conn, master, member_id)
+        try:
+            async with guard.pool.connection() as conn:
+                return await keystore.data_key_made(conn, master, masters, member_id)
+        except keystore.Erased:
+            raise Problem(
+                409, errors.PersonalDataWasErased.code, "The member's personal data was erased", member_id
+            ) from None
 
     async def submit_profile(
         request: Request, response: Response, body: EnrolBody | ProfileBody, key: str | None
@@ -261,7 +271,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         except Problem as problem:
             if problem.code == errors.PersonalDataWasErased.code:  # keep the erased member keyless
                 async with guard.pool.connection() as conn:
-                    await keystore.destroy(conn, body.member_id)
+                    await keystore.erase(conn, body.member_id)
             raise
 
     @app.post("/v1/members", status_code=201, response_model=CommandOutcome)
@@ -275,9 +285,9 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         """
         key_id, data_key = await member_key(body.member_id)
         fields = fields_of(body.profile)
-        assert master is not None
-        # The same profile gives the same command: a keyed digest, so the id reveals nothing.
-        same = master.tag(json.dumps([body.member_id, sorted(fields.items())]))
+        # The same profile gives the same command: a digest keyed by the member's data key, so the
+        # id reveals nothing, and erasing the key leaves nothing to test a guess against.
+        same = hmac.new(data_key, json.dumps(sorted(fields.items())).encode(), hashlib.sha256).hexdigest()
         sealed = profiles.seal(key_id, data_key, body.member_id, fields)
         return await submit_profile(
             request, response, EnrolBody(member_id=body.member_id, profile=sealed), f"enrol:{same}"
@@ -309,9 +319,15 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         wherever it is, can no longer be read.
         """
         async with guard.pool.connection() as conn:
-            await keystore.destroy(conn, member_id)
+            erase_id = await keystore.erase(conn, member_id)
         body = EraseBody(member_id=member_id, actor=caller.key_id)
-        return await submit(request, response, body, member_id, "erase")
+        try:
+            return await submit(request, response, body, member_id, erase_id)
+        except Problem as problem:
+            if problem.code == errors.UnknownMember.code:  # nothing was erased: no mark is kept
+                async with guard.pool.connection() as conn:
+                    await keystore.forget_erasure(conn, member_id)
+            raise
 
     @app.get("/v1/commands/{command_id}", response_model=CommandOutcome, dependencies=[commands])
     def get_command(command_id: Annotated[str, Path(max_length=128)], request: Request) -> CommandOutcome:

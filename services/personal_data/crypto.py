@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import os
 from dataclasses import dataclass
 
@@ -47,10 +45,6 @@ class MasterKey:
     def text(self) -> str:
         return f"{self.key_id}:{base64.b64encode(self.secret).decode()}"
 
-    def tag(self, message: str) -> str:
-        """A keyed digest: stable ids derived from personal data without revealing it."""
-        return hmac.new(self.secret, message.encode(), hashlib.sha256).hexdigest()
-
 
 def _seal(key: bytes, plain: bytes, context: str) -> bytes:
     nonce = os.urandom(NONCE_BYTES)
@@ -61,6 +55,13 @@ def _open(key: bytes, sealed: bytes, context: str) -> bytes:
     try:
         return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context.encode())
     except (InvalidTag, ValueError):
+        raise InvalidKey(f"cannot open {context}") from None
+
+
+def _decoded(sealed: str, context: str) -> bytes:
+    try:
+        return base64.b64decode(sealed, validate=True)
+    except (binascii.Error, ValueError):
         raise InvalidKey(f"cannot open {context}") from None
 
 
@@ -81,4 +82,5 @@ def seal_field(data_key: bytes, member_id: str, field: str, value: str) -> str:
 
 
 def open_field(data_key: bytes, member_id: str, field: str, sealed: str) -> str:
-    return _open(data_key, base64.b64decode(sealed), f"profile:{member_id}:{field}").decode()
+    context = f"profile:{member_id}:{field}"
+    return _open(data_key, _decoded(sealed, context), context).decode()

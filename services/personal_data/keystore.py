@@ -28,22 +28,54 @@ async def data_key(
     return str(key_id), unwrap(master, bytes(wrapped), member_id)
 
 
-async def data_key_made(conn: AsyncConnection, master: MasterKey, member_id: str) -> tuple[str, bytes]:
-    """The member's data key, made now if there is none yet."""
-    key = new_data_key()
-    await conn.execute(
-        "INSERT INTO member_keys (member_id, key_id, wrapped, master_key_id) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (member_id) DO NOTHING",
-        (member_id, f"dk-{secrets.token_hex(8)}", wrap(master, key, member_id), master.key_id),
-    )
-    found = await data_key(conn, {master.key_id: master}, member_id)
+class Erased(Exception):
+    """The member's personal data was erased: no key will be made for them again."""
+
+
+async def _lock(conn: AsyncConnection, member_id: str) -> None:
+    # Making a key and erasing one, for the same member, never interleave.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('member-key'), hashtext(%s))", (member_id,))
+
+
+async def data_key_made(
+    conn: AsyncConnection, current: MasterKey, masters: dict[str, MasterKey], member_id: str
+) -> tuple[str, bytes]:
+    """The member's data key, made now (wrapped by `current`) if there is none yet."""
+    async with conn.transaction():
+        await _lock(conn, member_id)
+        cur = await conn.execute("SELECT 1 FROM erased_members WHERE member_id = %s", (member_id,))
+        if await cur.fetchone() is not None:
+            raise Erased(member_id)
+        key = new_data_key()
+        await conn.execute(
+            "INSERT INTO member_keys (member_id, key_id, wrapped, master_key_id) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (member_id) DO NOTHING",
+            (member_id, f"dk-{secrets.token_hex(8)}", wrap(current, key, member_id), current.key_id),
+        )
+        found = await data_key(conn, masters, member_id)
     assert found is not None
     return found
 
 
-async def destroy(conn: AsyncConnection, member_id: str) -> bool:
-    cur = await conn.execute("DELETE FROM member_keys WHERE member_id = %s", (member_id,))
-    return cur.rowcount == 1
+async def erase(conn: AsyncConnection, member_id: str) -> str:
+    """Destroy the member's data key for good; the erase id (the same on every repeat)."""
+    async with conn.transaction():
+        await _lock(conn, member_id)
+        await conn.execute(
+            "INSERT INTO erased_members (member_id, erase_id) VALUES (%s, %s) "
+            "ON CONFLICT (member_id) DO NOTHING",
+            (member_id, secrets.token_hex(16)),
+        )
+        await conn.execute("DELETE FROM member_keys WHERE member_id = %s", (member_id,))
+        cur = await conn.execute("SELECT erase_id FROM erased_members WHERE member_id = %s", (member_id,))
+        row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def forget_erasure(conn: AsyncConnection, member_id: str) -> None:
+    """Undo the mark of an erasure the ledger refused (no such member): there was nothing to erase."""
+    await conn.execute("DELETE FROM erased_members WHERE member_id = %s", (member_id,))
 
 
 def rewrap(conn: psycopg.Connection, current: MasterKey, previous: Iterable[MasterKey]) -> int:

@@ -12,8 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal, LiteralString
 
 import psycopg
-from fastapi import Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Path, Query
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -32,7 +31,8 @@ from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.domain.calendar import add_months
 from services.migrations import migrate, schema_options
 from services.personal_data import keystore, profiles
-from services.problems import Problem, install_problem_handlers, problem_response
+from services.personal_data.crypto import InvalidKey
+from services.problems import Problem, install_problem_handlers
 from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
 from services.projector.program_metrics import Period, period_count, period_starts, periods
@@ -174,13 +174,6 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     install_body_limit(app, settings.max_body_bytes)
     install_http_metrics(app, "read-api", lambda _: _projector_metrics(backend))
 
-    async def on_busy(_: Request, exc: Exception) -> JSONResponse:
-        return problem_response(
-            _retry_later(Problem(503, "busy", "No database connection was free in time", type(exc).__name__))
-        )
-
-    app.add_exception_handler(PoolTimeout, on_busy)
-
     async def caught_up(
         min_position: Annotated[
             str | None, Query(description="wait until the read models include this position")
@@ -245,14 +238,23 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             return None
         if erased:
             return ProfileFields(erased=True)
-        async with guard.pool.connection() as conn:
-            key = await keystore.data_key(conn, masters, member_id)
-        if key is None:  # the key is destroyed: erased, even before the event is projected
-            return ProfileFields(erased=True)
-        fields = profiles.open_fields(key[1], member_id, sealed)
+        try:
+            async with guard.pool.connection() as conn:
+                key = await keystore.data_key(conn, masters, member_id)
+            if key is None:  # the key is destroyed: erased, even before the event is projected
+                return ProfileFields(erased=True)
+            fields = profiles.open_fields(key[1], member_id, sealed)
+        except InvalidKey as error:
+            log.error("profile unreadable", extra={"member_id": member_id, "reason": str(error)})
+            if masked:  # an ordinary read goes on without it
+                return None
+            raise Problem(503, "profile_unreadable", "The profile cannot be decrypted now") from None
         return ProfileFields.model_validate(profiles.masked(fields) if masked else fields)
 
-    @app.get("/v1/members/{member_id}/profile", response_model=ProfileView, dependencies=[Depends(caught_up)])
+    # The key is checked before the wait: an outsider learns nothing from a position token.
+    @app.get(
+        "/v1/members/{member_id}/profile", response_model=ProfileView, dependencies=[pii, Depends(caught_up)]
+    )
     async def get_profile(member_id: MemberIdPath, caller: Principal = pii) -> ProfileView:
         """The member's profile in clear; `{"erased": true}` after erasure. Every read is logged."""
         async with backend.pool.connection() as conn:

@@ -128,6 +128,7 @@ def test_erasure_shreds_the_profile_and_keeps_points_chain_and_replay(
     after = answered(read.get("/v1/members/p-2/balance"), 200)
     assert {**after, "position": None} == {**before, "position": None}
     assert ledger.patch("/v1/members/p-2/profile", json={"name": "Back"}).status_code == 409
+    assert ledger.post("/v1/members", json={"member_id": "p-2", "profile": CANARY}).status_code == 409
     with psycopg.connect(isolated.env["LOYALTY_DATABASE_URL"]) as conn:
         assert (
             conn.execute("SELECT 1 FROM loyalty_private.member_keys WHERE member_id = 'p-2'").fetchone()
@@ -186,6 +187,14 @@ def test_rotating_the_master_key_rewraps_every_data_key(
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LOYALTY_MASTER_KEY", new)
     monkeypatch.setenv("LOYALTY_PREVIOUS_MASTER_KEYS", old)
+    rotated = isolated.ledger(master_key=new, previous_master_keys=old)
+    with TestClient(create_ledger_app(rotated), headers=isolated.headers) as during:  # before the rewrap
+        answered(during.patch("/v1/members/p-5/profile", json={"phone": "13500000000"}), 201)
+        again = during.post(
+            "/v1/members",
+            json={"member_id": "p-5", "profile": {"name": "Rotating Ruth", "email": "ruth@example.com"}},
+        )
+        assert answered(again, 200)["status"] == "duplicate"
     assert cli.main(["datakeys", "rewrap"]) == 0
     with TestClient(
         create_read_app(isolated.projector(master_key=new, previous_master_keys=None)),
@@ -193,3 +202,19 @@ def test_rotating_the_master_key_rewraps_every_data_key(
     ) as read:
         profile = read.get("/v1/members/p-5/profile", params={"min_position": enrolled["position"]})
         assert answered(profile, 200)["email"] == "ruth@example.com"
+
+
+def test_erasure_of_a_member_not_yet_enrolled_leaves_nothing_behind(
+    system: tuple[TestClient, TestClient],
+) -> None:
+    ledger, read = system
+    assert ledger.delete("/v1/members/p-6/personal-data").status_code == 404
+    answered(ledger.post("/v1/purchases", json=purchase("p-6", "o-1", "10.00")), 201)
+    enrol(ledger, "p-6", {"name": "Later"})
+    erased = answered(ledger.delete("/v1/members/p-6/personal-data"), 201)
+    assert [event["type"] for event in erased["events"]] == ["PersonalDataErased"]
+    # A forged position cannot make the profile route wait, or say anything, without the right key.
+    forged = read.get(
+        "/v1/members/p-6/profile", params={"min_position": "OTk5OnAtNg"}, headers={"Authorization": ""}
+    )
+    assert forged.status_code == 401
