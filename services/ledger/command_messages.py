@@ -8,6 +8,7 @@ correlation id and the time the command was issued).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -39,6 +40,7 @@ from services.ledger.domain.commands import (
 from services.ledger.domain.ids import derived_id
 
 M = TypeVar("M")
+R = TypeVar("R")
 
 INBOUND_NAMESPACE = uuid.UUID("0b5e0c9e-7d0a-4f55-8a0e-3f6f1f3f2c10")
 Points = Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000)]
@@ -172,10 +174,8 @@ _command: TypeAdapter[CommandMessage] = TypeAdapter(CommandMessage)
 
 
 def parse_command_record(value: bytes | None) -> Command | Tick:
-    try:
-        return _parse_command(_validate(_command, value))
-    except (ValueError, OverflowError) as error:  # e.g. a time no calendar arithmetic can hold
-        raise InvalidRecord("invalid_message", str(error)) from None
+    message = _validate(_command, value)
+    return _or_invalid(lambda: _parse_command(message))
 
 
 def _parse_command(message: CommandMessage) -> Command | Tick:
@@ -191,8 +191,14 @@ def _parse_command(message: CommandMessage) -> Command | Tick:
 def parse_inbound_record(value: bytes | None) -> Command:
     """A bare purchase or refund; its command id is derived from its business id."""
     message = _validate(_inbound, value)
+    return _or_invalid(lambda: _inbound_command(message))
+
+
+def _or_invalid(build: Callable[[], R]) -> R:
+    """What `build` makes of a valid message, or InvalidRecord for a value it cannot take (a time
+    no calendar arithmetic can hold): never an exception that would stop the processor."""
     try:
-        return _inbound_command(message)
+        return build()
     except (ValueError, OverflowError) as error:
         raise InvalidRecord("invalid_message", str(error)) from None
 

@@ -95,6 +95,19 @@ def advance(conn: psycopg.Connection, topic: str, next_offsets: dict[int, int]) 
     )
 
 
+# The member rows of a batch, from one array per column (see `_columns`), as `u`.
+MEMBER_ROWS = """
+    FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
+        %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+        %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
+        %b::bigint[], %b::bigint[], %b::boolean[])
+        AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
+             lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
+             next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
+             evaluation_set)
+"""
+
+
 def _members(cur: psycopg.Cursor, folded: Folded) -> None:
     """New members inserted, known ones incremented: two set-based statements over column arrays."""
     rows = [
@@ -132,15 +145,8 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
             SELECT member_id, last_sequence, last_event_at, enrolled_at, available, pending,
                 lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
                 next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor
-            FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-                %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
-                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-                %b::bigint[], %b::bigint[], %b::boolean[])
-                AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
-                     lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
-                     next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
-                     evaluation_set)
-            """,
+            """
+            + MEMBER_ROWS,
             _columns(new),
         )
     if known:
@@ -165,16 +171,9 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
                 purchases = m.purchases + u.purchases,
                 spend_minor = m.spend_minor + u.spend_minor,
                 refunded_minor = m.refunded_minor + u.refunded_minor
-            FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-                %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
-                %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-                %b::bigint[], %b::bigint[], %b::boolean[])
-                AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
-                     lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
-                     next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
-                     evaluation_set)
-            WHERE m.member_id = u.member_id
-            """,
+            """
+            + MEMBER_ROWS
+            + "WHERE m.member_id = u.member_id",
             _columns(known),
         )
 
