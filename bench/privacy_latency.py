@@ -21,12 +21,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import httpx
 import psycopg
 
 from bench.http_load import Load, run_load
-from bench.stack import auth, bench_env
+from bench.stack import auth, bench_env, wait_ready
 from localinfra.process import free_port
 from services.access import store
 from services.migrations import migrate, schema_options
@@ -39,18 +39,6 @@ def figures(name: str, load: Load) -> str:
         f"{name:<44} p50 {cuts[49] * 1000:6.1f} ms  p99 {cuts[98] * 1000:6.1f} ms  "
         f"statuses {dict(load.statuses)}  no answer {sum(load.errors.values())}"
     )
-
-
-def wait_ready(*bases: str) -> None:
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if all(httpx.get(f"{base}/readyz").status_code == 200 for base in bases):
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "services not ready"
-        time.sleep(0.2)
 
 
 def main() -> None:
@@ -66,7 +54,8 @@ def main() -> None:
             "LOYALTY_READ_PORT": str(read_port),
             "LOYALTY_MASTER_KEY": MasterKey.generate("bench").text(),
         }
-        log = open(f"/tmp/bench-privacy-{os.getpid()}.log", "wb")  # noqa: SIM115
+        log_path = Path(f"/tmp/bench-privacy-{os.getpid()}.log")
+        log = open(log_path, "wb")  # noqa: SIM115
         children = [
             subprocess.Popen(
                 [sys.executable, "-m", "services.cli", name],
@@ -77,7 +66,12 @@ def main() -> None:
             for name in ("processor", "projector", "ledger-api", "read-api")
         ]
         try:
-            wait_ready(f"http://127.0.0.1:{ledger_port}", f"http://127.0.0.1:{read_port}")
+            wait_ready(
+                f"http://127.0.0.1:{ledger_port}",
+                f"http://127.0.0.1:{read_port}",
+                servers=children,
+                log=log_path,
+            )
             requests = int(args.rate * args.seconds)
 
             def purchase(i: int) -> tuple[str, str, bytes]:

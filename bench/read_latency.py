@@ -17,36 +17,19 @@ import random
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import psycopg
 
 from bench.backlog import fresh_database, load, log_end, project
 from bench.http_load import Load, run_load
-from bench.stack import auth, bench_env
+from bench.stack import auth, bench_env, wait_ready
 from localinfra.process import free_port
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
 from services.migrations import migrate
 
 TARGET_P99_MS = 20
-
-
-def wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None:
-            raise RuntimeError(f"the read API exited ({server.returncode}); see {log}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the read API was not ready within 60 s; see {log}")
-        time.sleep(0.2)
 
 
 def ms(seconds: float) -> str:
@@ -92,7 +75,7 @@ def main() -> None:
                     stderr=subprocess.STDOUT,
                 )
             try:
-                wait_ready(f"http://127.0.0.1:{port}", server, log)
+                wait_ready(f"http://127.0.0.1:{port}", servers=[server], log=log)
                 rng = random.Random(7)
                 paths = [f"/v1/members/{rng.choice(members)}" for _ in range(int(args.rate * args.seconds))]
 

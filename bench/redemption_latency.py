@@ -17,11 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from bench.http_load import open_loop
-from bench.stack import auth, bench_env
+from bench.stack import auth, bench_env, wait_ready
 from localinfra.process import free_port
 
 
@@ -46,15 +47,7 @@ def main() -> None:
         ]
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "ledger API not ready"
-                time.sleep(0.2)
+            wait_ready(base, servers=children, log=Path(log.name))
             for member in range(args.members):
                 body = {
                     "type": "purchase",

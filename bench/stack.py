@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from localinfra.process import free_port
 from localinfra.stack import LocalStack
 
 STATE_ROOT = Path(__file__).resolve().parent.parent / ".state"
+
+
+def wait_ready(*bases: str, servers: Iterable[subprocess.Popen[bytes]] = (), log: Path | None = None) -> None:
+    """Until every base URL's /readyz answers 200; an exited server or 60 s is an error."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if all(httpx.get(f"{base}/readyz").status_code == 200 for base in bases):
+                return
+        except httpx.TransportError:
+            pass
+        for server in servers:
+            if server.poll() is not None:
+                raise RuntimeError(f"a server exited ({server.returncode}); see {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not ready within 60 s; see {log}")
+        time.sleep(0.2)
 
 
 def auth(env: dict[str, str]) -> dict[str, str]:

@@ -32,6 +32,11 @@ class Isolated:
 
     env: dict[str, str]
 
+    def export(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Put the settings in the environment, for code that reads them there (the CLI)."""
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+
     @property
     def headers(self) -> dict[str, str]:
         """The test's admin key, holding every scope."""

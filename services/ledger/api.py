@@ -263,17 +263,6 @@ def create_app(settings: LedgerSettings) -> FastAPI:
                 409, errors.PersonalDataWasErased.code, "The member's personal data was erased", member_id
             ) from None
 
-    async def submit_profile(
-        request: Request, response: Response, body: EnrolBody | ProfileBody, key: str | None
-    ) -> CommandOutcome:
-        try:
-            return await submit(request, response, body, body.member_id, key)
-        except Problem as problem:
-            if problem.code == errors.PersonalDataWasErased.code:  # keep the erased member keyless
-                async with guard.pool.connection() as conn:
-                    await keystore.erase(conn, body.member_id)
-            raise
-
     @app.post("/v1/members", status_code=201, response_model=CommandOutcome)
     async def post_member(
         body: EnrolRequest, request: Request, response: Response, caller: Principal = admin
@@ -289,8 +278,12 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         # id reveals nothing, and erasing the key leaves nothing to test a guess against.
         same = hmac.new(data_key, json.dumps(sorted(fields.items())).encode(), hashlib.sha256).hexdigest()
         sealed = profiles.seal(key_id, data_key, body.member_id, fields)
-        return await submit_profile(
-            request, response, EnrolBody(member_id=body.member_id, profile=sealed), f"enrol:{same}"
+        return await submit(
+            request,
+            response,
+            EnrolBody(member_id=body.member_id, profile=sealed),
+            body.member_id,
+            f"enrol:{same}",
         )
 
     @app.patch("/v1/members/{member_id}/profile", status_code=201, response_model=CommandOutcome)
@@ -305,8 +298,8 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         """Change profile fields; only the changed fields are sealed into the log."""
         key_id, data_key = await member_key(member_id)
         sealed = profiles.seal(key_id, data_key, member_id, fields_of(body))
-        return await submit_profile(
-            request, response, ProfileBody(member_id=member_id, profile=sealed), idempotency_key
+        return await submit(
+            request, response, ProfileBody(member_id=member_id, profile=sealed), member_id, idempotency_key
         )
 
     @app.delete("/v1/members/{member_id}/personal-data", status_code=201, response_model=CommandOutcome)

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from schemas.events import Event
@@ -208,16 +209,23 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     audit = [Depends(guard.require("audit")), Depends(caught_up)]
     pii = Depends(guard.require("pii:read"))
 
-    @app.get("/v1/members/{member_id}", response_model=Member, dependencies=v1)
-    async def get_member(member_id: MemberIdPath) -> Member:
-        """Balance, tier with progress to the next, recency segment and last activity."""
+    async def member_now(
+        conn: AsyncConnection, member_id: str
+    ) -> tuple[dict[str, Any], ProgramRules, datetime, datetime]:
+        """The member's row with its qualifying window as of now, the rules, the window start and now."""
         rules = await backend.rules()
         now = datetime.now(UTC)
         start = add_months(now, -rules.qualifying_window_months)
-        async with backend.pool.connection() as conn:
-            row = await queries.member(conn, member_id, start, now)
+        row = await queries.member(conn, member_id, start, now)
         if row is None:
             raise _not_found(member_id)
+        return row, rules, start, now
+
+    @app.get("/v1/members/{member_id}", response_model=Member, dependencies=v1)
+    async def get_member(member_id: MemberIdPath) -> Member:
+        """Balance, tier with progress to the next, recency segment and last activity."""
+        async with backend.pool.connection() as conn:
+            row, rules, start, now = await member_now(conn, member_id)
         return Member(
             member_id=member_id,
             enrolled_at=row["enrolled_at"],
@@ -297,13 +305,8 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     @app.get("/v1/members/{member_id}/tier", response_model=TierView, dependencies=v1)
     async def get_tier(member_id: MemberIdPath) -> TierView:
         """Current tier, qualifying spend and purchases in the window, and every tier change."""
-        rules = await backend.rules()
-        now = datetime.now(UTC)
-        start = add_months(now, -rules.qualifying_window_months)
         async with backend.pool.connection() as conn:
-            row = await queries.member(conn, member_id, start, now)
-            if row is None:
-                raise _not_found(member_id)
+            row, rules, start, _ = await member_now(conn, member_id)
             history = await queries.tier_history(conn, member_id)
         status = _tier_status(row, rules, start)
         return TierView(

@@ -103,8 +103,7 @@ def test_keys_made_by_the_cli_work_until_revoked(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     assert cli.main(["keys", "create", "--name", "crm", "--scope", "read"]) == 0
     out = capsys.readouterr().out
     key_id = re.search(r"key id: (\S+)", out).group(1)  # type: ignore[union-attr]

@@ -50,8 +50,7 @@ def test_the_golden_log_projects_to_the_committed_snapshot(
 ) -> None:
     raw = [json.loads(line) for line in GOLDEN_LOG.read_text().splitlines()]
     assert {document["schema_version"] for document in raw if document["type"] == "PointsRedeemed"} == {1, 2}
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     with projected(isolated, running, raw):
         found = snapshot(isolated.env["LOYALTY_DATABASE_URL"])
         # The chain holds over the events as written, older versions included, and a replay agrees.

@@ -38,8 +38,7 @@ def published(isolated: Isolated, monkeypatch: pytest.MonkeyPatch) -> None:
         for member_id in (NEIGHBOUR, STRANGER)
     ]
     publish_events(isolated, interleaved(crafted_log(), *others))
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
 
 
 def history(*argv: str) -> int:

@@ -135,8 +135,7 @@ def test_erasure_shreds_the_profile_and_keeps_points_chain_and_replay(
             is None
         )
 
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     eventually(lambda: answered(read.get("/readyz"), 200)["lag"] == 0, what="caught up")
     assert cli.main(["verify"]) == 0
     assert cli.main(["replay", "--into", "after_erasure"]) == 0
@@ -183,8 +182,7 @@ def test_rotating_the_master_key_rewraps_every_data_key(
     ledger, _ = system
     enrolled = enrol(ledger, "p-5", {"name": "Rotating Ruth", "email": "ruth@example.com"})
     old, new = isolated.env["LOYALTY_MASTER_KEY"], MasterKey.generate("mk-next").text()
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     monkeypatch.setenv("LOYALTY_MASTER_KEY", new)
     monkeypatch.setenv("LOYALTY_PREVIOUS_MASTER_KEYS", old)
     rotated = isolated.ledger(master_key=new, previous_master_keys=old)

@@ -32,8 +32,7 @@ def printed_fingerprint(out: str) -> str:
 def test_replays_are_deterministic_equal_to_live_and_catch_differences(
     isolated: Isolated, running: Running, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     url = isolated.env["LOYALTY_DATABASE_URL"]
     with projected(isolated, running, crafted_log(60)):
         with psycopg.connect(url) as conn:
@@ -57,8 +56,7 @@ def test_replays_are_deterministic_equal_to_live_and_catch_differences(
 def test_switch_serves_the_rebuilt_schema_and_the_projector_follows(
     isolated: Isolated, running: Running, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     url = isolated.env["LOYALTY_DATABASE_URL"]
     with projected(isolated, running, crafted_log(20)) as read:
         before = read.get("/v1/members/x-3").json()["balance"]

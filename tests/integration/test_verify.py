@@ -49,8 +49,7 @@ def verify(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[st
 
 @pytest.fixture
 def published(isolated: Isolated, monkeypatch: pytest.MonkeyPatch) -> list[Event]:
-    for name, value in isolated.env.items():
-        monkeypatch.setenv(name, value)
+    isolated.export(monkeypatch)
     events = ledger_log()
     publish_events(isolated, events)
     return events
