@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
 
 import psycopg
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from psycopg import sql
 
+from services import collector
 from services.kafka_offsets import committed_reader, end_offsets
 from services.migrations import migrate, schema_options
 from services.projector import store
@@ -167,21 +168,34 @@ def _rebuild_partitions(
     open_tps = set(tps)
     with _connect(url, schema) as conn:
         while open_tps:
-            polled = reader.poll(timeout_ms=1000, max_records=batch)
-            chunk = {}
-            for tp, records in polled.items():
-                kept = [record for record in records if record.offset < ranges[tp.partition][1]]
-                if kept:
-                    chunk[tp] = kept
-            for tp in list(open_tps):
-                if reader.position(tp) >= ranges[tp.partition][1]:
-                    open_tps.discard(tp)
-                    reader.pause(tp)
-            if chunk:
-                apply_batch(conn, topic, chunk, time.monotonic())
-                with applied.get_lock():
-                    applied.value += sum(len(records) for records in chunk.values())
+            with collector.paused():
+                _apply_next(reader, conn, topic, ranges, open_tps, batch, applied)
     reader.close()
+
+
+def _apply_next(
+    reader: KafkaConsumer,
+    conn: psycopg.Connection,
+    topic: str,
+    ranges: dict[int, tuple[int, int]],
+    open_tps: set[TopicPartition],
+    batch: int,
+    applied: Synchronized[int],
+) -> None:
+    polled = reader.poll(timeout_ms=1000, max_records=batch)
+    chunk = {}
+    for tp, records in polled.items():
+        kept = [record for record in records if record.offset < ranges[tp.partition][1]]
+        if kept:
+            chunk[tp] = kept
+    for tp in list(open_tps):
+        if reader.position(tp) >= ranges[tp.partition][1]:
+            open_tps.discard(tp)
+            reader.pause(tp)
+    if chunk:
+        apply_batch(conn, topic, chunk, time.monotonic())
+        with applied.get_lock():
+            applied.value += sum(len(records) for records in chunk.values())
 
 
 def _report(live: str, target: str, live_sums: Sums, replayed: Sums) -> bool:

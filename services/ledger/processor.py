@@ -8,7 +8,6 @@ that lost its partitions is fenced by the broker instead of committing twice.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from kafka.structs import OffsetAndMetadata
 
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
+from services import collector
 from services.kafka_compat import keep_rejoin_requested
 from services.ledger.command_messages import (
     CommandReply,
@@ -132,19 +132,21 @@ class Processor:
             raise RuntimeError(f"the input topics must have the same partition count, not {sorted(counts)}")
         self.partitions = counts.pop() or self._settings.partitions
         self._producer.init_transactions()
-        # Decisions allocate many short-lived objects and few cycles: collect young ones less often.
-        gc.set_threshold(50_000, 20, 100)
         self._consumer.subscribe(list(self._parsers), listener=_Ownership(self))
         log.info("processor started", extra={"transactional_id": self._settings.transactional_id})
         try:
             while not stop.is_set():
-                batch = self._consumer.poll(timeout_ms=200, max_records=self._settings.processor_batch_max)
-                if batch or self.rules_unchecked:
-                    self._commit(batch)
+                with collector.paused():
+                    self._step()
         finally:
             self._consumer.close()
             self._producer.close()
             log.info("processor stopped")
+
+    def _step(self) -> None:
+        batch = self._consumer.poll(timeout_ms=200, max_records=self._settings.processor_batch_max)
+        if batch or self.rules_unchecked:
+            self._commit(batch)
 
     def _commit(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
+from services import collector
 from services.kafka_compat import keep_rejoin_requested
 from services.migrations import schema_options
 from services.projector import store
@@ -112,15 +113,19 @@ class Projector:
         log.info("projector started")
         try:
             while not stop.is_set():
-                batch = self._next_batch()
-                if batch:
-                    self.apply(batch)
-                else:
-                    self._advance_past_markers()
+                with collector.paused():
+                    self._step()
         finally:
             self._consumer.close()
             self._conn.close()
             log.info("projector stopped")
+
+    def _step(self) -> None:
+        batch = self._next_batch()
+        if batch:
+            self.apply(batch)
+        else:
+            self._advance_past_markers()
 
     def _next_batch(self) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Records of several polls, up to the batch bound in count and in time.
