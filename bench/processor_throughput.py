@@ -1,8 +1,9 @@
 """Sustained purchases per second through the processor, against a bare transactional loop.
 
-Loads N purchases into the inbound topic, then times the processor (its own process) from its
-first committed input offset until every purchase is committed as events. The same backlog
-through a bare consume-produce-commit loop (no decisions) gives this machine's ceiling.
+Loads N purchases into the inbound topic, then times the processors (each its own process) from
+the group's first committed input offset, once all have joined, until every purchase is committed
+as events. The same backlog through a bare consume-produce-commit loop (no decisions) gives this
+machine's ceiling.
 
     .venv/bin/python -m bench.processor_throughput [--purchases 50000] [--members 5000]
 """
@@ -52,11 +53,17 @@ def committed_total(admin: KafkaAdminClient, group: str, topic: str) -> int:
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
-def time_until_consumed(settings: LedgerSettings, group: str, topic: str, total: int) -> float:
-    """Seconds from the group's first committed offset until all `total` records are committed."""
+def stable(admin: KafkaAdminClient, group: str, members: int) -> bool:
+    described = admin.describe_groups([group]).get(group, {})
+    return described.get("group_state") == "Stable" and len(described.get("members", ())) == members
+
+
+def time_until_consumed(settings: LedgerSettings, group: str, topic: str, total: int, members: int) -> float:
+    """Seconds per `total` records, sustained: from the first committed offset once every instance
+    has joined the group (a rebalance is not throughput) until all of them are committed."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     try:
-        while committed_total(admin, group, topic) == 0:
+        while not stable(admin, group, members) or committed_total(admin, group, topic) == 0:
             time.sleep(0.05)
         started, first = time.monotonic(), committed_total(admin, group, topic)
         while (done := committed_total(admin, group, topic)) < total:
@@ -127,7 +134,7 @@ def main() -> None:
         ]
         try:
             seconds = time_until_consumed(
-                settings, settings.processor_group, settings.topic_purchases, args.purchases
+                settings, settings.processor_group, settings.topic_purchases, args.purchases, args.processors
             )
         finally:
             for processor in processors:
