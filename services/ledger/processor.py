@@ -34,7 +34,7 @@ from services.ledger.command_messages import (
     parse_inbound_record,
 )
 from services.ledger.domain.account import Account, account_to_json
-from services.ledger.domain.chain import seal
+from services.ledger.domain.chain import seal_with_bytes
 from services.ledger.domain.commands import AdvanceClock, Command, RecordRules
 from services.ledger.domain.decide import decide, original_command
 from services.ledger.domain.errors import LedgerError, UnknownMember
@@ -284,9 +284,9 @@ class Processor:
         decided: list[EventData],
         recorded_at: datetime,
     ) -> tuple[Account, list[Event]]:
-        account, events = seal(account, command, decided, self._rules.version, recorded_at)
-        for event in events:
-            self._send(self._settings.topic_events, partition, account.member_id, event.to_bytes())
+        account, events, raw = seal_with_bytes(account, command, decided, self._rules.version, recorded_at)
+        for value in raw:
+            self._send(self._settings.topic_events, partition, account.member_id, value)
         if events:
             batch.changed[account.member_id] = (partition, account)
         return account, events

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from schemas.canonical import GENESIS_HASH, event_hash
+from schemas.events import Event
 from schemas.rules import ProgramRules
 from services.ledger.domain.account import Account
-from services.ledger.domain.chain import seal
+from services.ledger.domain.chain import seal, seal_with_bytes
 from services.ledger.domain.commands import AdvanceClock, RecordPurchase
 from services.ledger.domain.decide import decide
+from tests.unit import ledger_fixtures as make
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 RULES = ProgramRules()
@@ -66,3 +68,27 @@ def test_a_tampered_event_no_longer_matches_its_hash() -> None:
     document = event.document()
     document["data"]["points"] += 1
     assert event_hash(document) != event.hash
+
+
+def test_the_bytes_sealed_are_the_events_serialised() -> None:
+    """The processor sends the bytes `seal_with_bytes` made once; they must be each event's own form."""
+    commands = [
+        make.enrol(name="Li"),
+        make.purchase("p-1", 300000, make.at(2025, 1, 15), [make.item("beauty", "100.00")]),
+        make.refund("f-1", "p-1", 100000, make.at(2025, 1, 20)),
+        make.tick(make.at(2025, 2, 10)),
+        make.redeem("r-1", 500, make.at(2025, 2, 11)),
+        make.cancel("r-1", make.at(2025, 2, 12)),
+        make.adjust("a-1", -50, make.at(2025, 2, 13)),
+        make.set_tier("gold", make.at(2025, 2, 14)),
+        make.update_profile(make.at(2025, 2, 15), phone="13812345678"),
+        make.erase(make.at(2025, 2, 16)),
+    ]
+    account, kinds = Account.new(make.MEMBER), set()
+    for command in commands:
+        decided = decide(account, command, RULES)
+        account, events, raw = seal_with_bytes(account, command, decided, 1, NOW)
+        assert raw == [event.to_bytes() for event in events]
+        assert [Event.from_bytes(value) for value in raw] == events
+        kinds |= {event.type for event in events}
+    assert len(kinds) >= 12

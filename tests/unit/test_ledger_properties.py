@@ -14,7 +14,7 @@ from schemas.events import Event, EventData
 from schemas.money import from_minor
 from schemas.rules import CategoryBonus, ProgramRules
 from services.ledger.domain.account import Account, account_from_json, account_to_json, evolve
-from services.ledger.domain.chain import seal
+from services.ledger.domain.chain import seal, seal_with_bytes
 from services.ledger.domain.commands import Command, RefundPurchase
 from services.ledger.domain.decide import decide
 from services.ledger.domain.errors import (
@@ -64,7 +64,8 @@ class Member:
     def accept(self, command: Command) -> list[EventData]:
         before = self.account
         decided = decide(before, command, self.rules)
-        after, events = seal(before, command, decided, self.rules.version, self.now)
+        after, events, raw = seal_with_bytes(before, command, decided, self.rules.version, self.now)
+        assert raw == [event.to_bytes() for event in events], "what the processor sends is the event"
         assert reduce(evolve, events, before) == after
         assert decide(after, command, self.rules) == [], "a command is decided once"
         if not isinstance(command, RefundPurchase):
