@@ -5,7 +5,7 @@ own, gives each of a few hundred members enough points, then sends redemptions o
 the given rate (a request leaves on schedule whether or not earlier ones have been answered)
 and prints p50/p90/p99/max of the time to the 201.
 
-    .venv/bin/python -m bench.redemption_latency [--rate 200] [--seconds 15]
+    .venv/bin/python -m bench.redemption_latency [--rate 200] [--seconds 15] [--processors 1]
 """
 
 from __future__ import annotations
@@ -31,19 +31,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--members", type=int, default=200)
+    parser.add_argument("--processors", type=int, default=1, help="processor instances, each a process")
     args = parser.parse_args()
     with bench_env() as env:
         port = free_port()
         env = {**env, "LOYALTY_LEDGER_PORT": str(port)}
         log = open(f"/tmp/bench-redemptions-{os.getpid()}.log", "wb")  # noqa: SIM115
+        roles = [("ledger-api", 0)] + [("processor", instance) for instance in range(args.processors)]
         children = [
             subprocess.Popen(
                 [sys.executable, "-m", "services.cli", name],
-                env={**os.environ, **env},
+                env={**os.environ, **env, "LOYALTY_PROCESSOR_INSTANCE": str(instance)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            for name in ("processor", "ledger-api")
+            for name, instance in roles
         ]
         base = f"http://127.0.0.1:{port}"
         try:
