@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -37,9 +38,8 @@ from schemas.events import (
 from schemas.money import to_minor
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """What one event does to a member's point totals."""
+class Delta(NamedTuple):
+    """What one event does to a member's point totals (a tuple: built for every event)."""
 
     available: int = 0
     pending: int = 0
@@ -147,8 +147,7 @@ class DayChange:
     demotions: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
     event: Event
     change: Delta
     raw: str
@@ -156,8 +155,7 @@ class EventRow:
     reference: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class NewPurchase:
+class NewPurchase(NamedTuple):
     purchase_id: str
     occurred_at: datetime
     amount_minor: int
@@ -200,8 +198,7 @@ MALFORMED = "malformed"
 DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True, slots=True)
-class Decoded:
+class Decoded(NamedTuple):
     event: Event
     raw: str
 
