@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services import collector
+
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 # What request number i is: method, path and body (None: no body).
 RequestFor = Callable[[int], tuple[str, str, bytes | None]]
@@ -95,16 +97,18 @@ async def run_load(
         else:
             connection[1].close()
 
-    start = time.perf_counter()
-    tasks = []
-    for index in range(int(rate * seconds)):
-        scheduled = start + index / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(index, scheduled)))
-    await asyncio.gather(*tasks)
-    load.seconds = time.perf_counter() - start
+    # The client's own collector pauses would be counted as the server's latency.
+    with collector.paused():
+        start = time.perf_counter()
+        tasks = []
+        for index in range(int(rate * seconds)):
+            scheduled = start + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(index, scheduled)))
+        await asyncio.gather(*tasks)
+        load.seconds = time.perf_counter() - start
     while not idle.empty():
         idle.get_nowait()[1].close()
     return load

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMessage, RefundMessage
 from schemas.position import encode_position
+from services import collector
 from services.access.guard import Guard
 from services.access.keys import Principal
 from services.body_limit import install_body_limit
@@ -141,6 +142,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         app.state.offsets = committed_reader(settings.kafka_bootstrap, "loyalty-ledger-api")
         app.state.replies = ReplyTracker(settings)
         app.state.replies.start()
+        collector.freeze_survivors()
         try:
             yield
         finally:

@@ -60,6 +60,7 @@ class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         partitions = {tp.partition for tp in assigned}
         self._processor.store.restore(partitions)
+        collector.freeze_survivors()
         self._processor.rules_unchecked = (
             partition_for(PROGRAM_STREAM, self._processor.partitions) in partitions
         )

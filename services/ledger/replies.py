@@ -30,7 +30,8 @@ class ReplyTracker:
         self._consumer = committed_reader(
             settings.kafka_bootstrap, "loyalty-ledger-api-replies", fetch_max_wait_ms=5
         )
-        self._replies: OrderedDict[str, CommandReply] = OrderedDict()
+        # Replies as the bytes read: one object each, not a tree the cycle collector walks.
+        self._replies: OrderedDict[str, bytes] = OrderedDict()
         self._expected: OrderedDict[str, None] = OrderedDict()
         self._changed = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[CommandReply]]]] = {}
@@ -69,7 +70,8 @@ class ReplyTracker:
 
     def get(self, command_id: str) -> CommandReply | None:
         with self._changed:
-            return self._replies.get(command_id)
+            known = self._replies.get(command_id)
+        return None if known is None else CommandReply.model_validate_json(known)
 
     async def wait(self, command_id: str, timeout_s: float) -> CommandReply | None:
         """The reply, or None past the timeout; waits on the event loop, holding no thread."""
@@ -77,9 +79,10 @@ class ReplyTracker:
         waiter: asyncio.Future[CommandReply] = loop.create_future()
         with self._changed:
             known = self._replies.get(command_id)
-            if known is not None:
-                return known
-            self._waiters.setdefault(command_id, []).append((loop, waiter))
+            if known is None:
+                self._waiters.setdefault(command_id, []).append((loop, waiter))
+        if known is not None:
+            return CommandReply.model_validate_json(known)
         try:
             return await asyncio.wait_for(waiter, timeout_s)
         except TimeoutError:
@@ -104,21 +107,22 @@ class ReplyTracker:
             for records in batch.values():
                 for record in records:
                     try:
-                        replies.append(CommandReply.model_validate_json(record.value))
+                        replies.append((CommandReply.model_validate_json(record.value), record.value))
                     except ValidationError:
                         log.error(
                             "unreadable reply", extra={"partition": record.partition, "offset": record.offset}
                         )
             if replies:
                 with self._changed:
-                    for reply in replies:
-                        known = self._replies.get(reply.command_id)
+                    for reply, raw in replies:
                         # A retry's "duplicate" must not hide what the command originally did.
-                        if known is None or reply.status != "duplicate":
-                            self._replies[reply.command_id] = reply
+                        if reply.command_id not in self._replies or reply.status != "duplicate":
+                            self._replies[reply.command_id] = raw
                         self._replies.move_to_end(reply.command_id)
+                        stored = self._replies[reply.command_id]
+                        answer = reply if stored is raw else CommandReply.model_validate_json(stored)
                         for loop, waiter in self._waiters.pop(reply.command_id, []):
-                            loop.call_soon_threadsafe(_resolve, waiter, self._replies[reply.command_id])
+                            loop.call_soon_threadsafe(_resolve, waiter, answer)
                     while len(self._replies) > REMEMBERED:
                         self._replies.popitem(last=False)
 

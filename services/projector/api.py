@@ -24,6 +24,7 @@ from schemas.events import Event
 from schemas.inbound import MEMBER_ID_PATTERN
 from schemas.position import InvalidPosition, decode_position, encode_position
 from schemas.rules import ProgramRules
+from services import collector
 from services.access.guard import Guard
 from services.access.keys import Principal
 from services.body_limit import install_body_limit
@@ -157,6 +158,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         await asyncio.to_thread(migrate, settings.database_url, settings.read_schema)
         await backend.pool.open()
         await guard.open()
+        collector.freeze_survivors()
         try:
             yield
         finally:
