@@ -183,11 +183,22 @@ def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
+# member_events' columns as COPY sends them: binary, which Postgres reads without parsing text
+# (times above all); about a third of the COPY's cost. The event goes as "text": its bytes as they
+# are, which the json column takes in binary form too ("json" would encode the string again).
+EVENT_COLUMNS = (
+    "text", "int8", "text", "timestamptz", "timestamptz", "int8", "int8",
+    "int8", "int8", "int8", "int8", "int8", "text", "text",
+)  # fmt: skip
+
+
 def _events(cur: psycopg.Cursor, folded: Folded) -> None:
     with cur.copy(
         "COPY member_events (member_id, sequence, type, occurred_at, recorded_at, available, pending, "
-        "lifetime_earned, redeemed, expired, reversed, amount_minor, reference, event) FROM STDIN"
+        "lifetime_earned, redeemed, expired, reversed, amount_minor, reference, event) "
+        "FROM STDIN (FORMAT BINARY)"
     ) as copy:
+        copy.set_types(list(EVENT_COLUMNS))
         for row in folded.events:
             event, change = row.event, row.change
             copy.write_row(
