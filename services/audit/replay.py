@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             f"loyalty replay: schema {target!r} already exists; choose another with --into", file=sys.stderr
         )
         return 2
-    reader = committed_reader(settings.kafka_bootstrap, "loyalty-replay", max_partition_fetch_bytes=8 << 20)
+    reader = committed_reader(settings.kafka_bootstrap, "loyalty-replay")
     try:
         partitions = sorted(end_offsets(reader, settings.topic_events))
         positions, live_sums = _live_snapshot(settings, partitions)
@@ -229,7 +229,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         self._total, self._done = max(total, 0), 0
-        self._started = self._drawn = time.monotonic()
+        self._started = time.monotonic()
 
     def show(self, done: int) -> None:
         self._done = done
@@ -242,10 +242,9 @@ class _Progress:
         print(f"\nreplayed {self._done:,} events in {elapsed:.1f} s ({rate:,.0f} events/s)", file=sys.stderr)
 
     def _draw(self) -> None:
-        self._drawn = time.monotonic()
         share = self._done / self._total if self._total else 1.0
         bar = "#" * int(share * 30)
-        rate = self._done / max(self._drawn - self._started, 1e-9)
+        rate = self._done / max(time.monotonic() - self._started, 1e-9)
         print(
             f"\rreplay [{bar:<30}] {share:4.0%} {self._done:,}/{self._total:,} events, {rate:,.0f}/s",
             end="",

@@ -26,8 +26,12 @@ def lock_partitions(conn: psycopg.Connection, topic: str, partitions: Iterable[i
     Two instances hold the same partition only around a rebalance; the lock makes the later one
     see the earlier one's members, so sequence checks catch every duplicate, new members included.
     """
-    for partition in sorted(partitions):
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (topic, partition))
+    # One round trip; unnest yields the partitions in the array's order, so locks are always taken
+    # in ascending order and two writers cannot deadlock.
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtext(%s), p) FROM unnest(%s::int[]) AS p",
+        (topic, sorted(partitions)),
+    )
 
 
 def last_sequences(conn: psycopg.Connection, member_ids: Iterable[str]) -> dict[str, int]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 
 from schemas.events import Event
-from services.audit.history import add_arguments, run
+from services import cli
 from services.ledger.partitioning import partition_for
 from tests.conftest import Isolated
 from tests.integration.projection import publish_events
@@ -42,9 +41,7 @@ def published(isolated: Isolated, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def history(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="loyalty history")
-    add_arguments(parser)
-    return run(parser.parse_args(list(argv)))
+    return cli.main(["history", *argv])
 
 
 @pytest.mark.usefixtures("published")

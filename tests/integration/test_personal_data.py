@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -11,30 +10,17 @@ import pytest
 from fastapi.testclient import TestClient
 from psycopg import sql
 
-from schemas.rules import ProgramRules
 from services import cli
 from services.ledger.api import create_app as create_ledger_app
-from services.ledger.processor import Processor
 from services.personal_data.crypto import MasterKey
 from services.projector.api import create_app as create_read_app
-from services.projector.projector import Projector
-from tests.conftest import Isolated, Running
+from tests.conftest import Isolated
 from tests.integration.kafka_io import purchase, read_all
+from tests.integration.projection import caught_up
 from tests.waiting import eventually
 
 CANARY = {"name": "Canary Zhang Wei", "phone": "13912345678", "email": "canary.zhang@example.com"}
 UPDATED = {"phone": "13787654321", "email": "canary.second@example.org"}
-
-
-@pytest.fixture
-def system(isolated: Isolated, running: Running) -> Iterator[tuple[TestClient, TestClient]]:
-    with (
-        TestClient(create_ledger_app(isolated.ledger()), headers=isolated.headers) as ledger,
-        TestClient(create_read_app(isolated.projector()), headers=isolated.headers) as read,
-    ):
-        running.start(Processor(isolated.ledger(), ProgramRules()).run)
-        running.start(Projector(isolated.projector()).run)
-        yield ledger, read
 
 
 def answered(response: Any, status: int) -> dict[str, Any]:
@@ -136,7 +122,7 @@ def test_erasure_shreds_the_profile_and_keeps_points_chain_and_replay(
         )
 
     isolated.export(monkeypatch)
-    eventually(lambda: answered(read.get("/readyz"), 200)["lag"] == 0, what="caught up")
+    eventually(lambda: caught_up(read), what="caught up")
     assert cli.main(["verify"]) == 0
     assert cli.main(["replay", "--into", "after_erasure"]) == 0
     assert "after_erasure: identical to public" in capsys.readouterr().out

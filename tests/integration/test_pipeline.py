@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 
 from schemas.canonical import GENESIS_HASH, event_hash
-from schemas.rules import ProgramRules
-from services.ledger.api import create_app as create_ledger_app
 from services.ledger.partitioning import partition_for
-from services.ledger.processor import Processor
-from services.projector.api import create_app as create_read_app
-from services.projector.projector import Projector
-from tests.conftest import Isolated, Running
+from tests.conftest import Isolated
 from tests.integration.kafka_io import events_of, publish, purchase, read_all, send_purchase
 from tests.waiting import eventually
-
-
-@pytest.fixture
-def system(isolated: Isolated, running: Running) -> Iterator[tuple[TestClient, TestClient]]:
-    """Ledger API, processor, projector and read API on one test's topics and database."""
-    with (
-        TestClient(create_ledger_app(isolated.ledger()), headers=isolated.headers) as ledger,
-        TestClient(create_read_app(isolated.projector()), headers=isolated.headers) as read,
-    ):
-        running.start(Processor(isolated.ledger(), ProgramRules()).run)
-        running.start(Projector(isolated.projector()).run)
-        yield ledger, read
 
 
 def balance_of(read: TestClient, member_id: str, available: int) -> dict[str, int] | None:

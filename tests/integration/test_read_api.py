@@ -17,6 +17,7 @@ from services.projector.cursors import encode_cursor
 from services.projector.projector import Projector
 from tests.conftest import Isolated, Running
 from tests.integration.kafka_io import purchase
+from tests.integration.projection import caught_up
 from tests.waiting import eventually
 
 MEMBER_ROUTES = ["", "/balance", "/tier", "/lots", "/activity", "/history"]
@@ -195,7 +196,7 @@ def test_lag_and_batches_are_on_metrics(system: tuple[TestClient, TestClient], i
     assert "loyalty_projector_apply_seconds_total" in text
     assert 'loyalty_http_request_duration_seconds_count{method="GET",route="/v1/members/{member_id}"' in text
     # The processor writes in transactions: the lag gets to 0 past their commit markers too.
-    eventually(lambda: client.get("/readyz").json().get("lag") == 0, what="lag 0")
+    eventually(lambda: caught_up(client), what="lag 0")
     assert "loyalty_read_models_reachable 1.0" in text
     assert "loyalty_http_request_duration_seconds" in ledger.get("/metrics").text
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 
@@ -11,7 +10,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 from schemas.events import Event
-from services.audit.verify import add_arguments, run
+from services import cli
 from services.ledger.topics import ensure_topics
 from tests.conftest import Isolated
 from tests.integration.kafka_io import read_all
@@ -41,9 +40,7 @@ def ledger_log() -> list[Event]:
 
 
 def verify(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
-    parser = argparse.ArgumentParser(prog="loyalty verify")
-    add_arguments(parser)
-    code = run(parser.parse_args(list(argv)))
+    code = cli.main(["verify", *argv])
     return code, capsys.readouterr().out.splitlines()
 
 
