@@ -41,6 +41,11 @@ async def data_key_made(
     conn: AsyncConnection, current: MasterKey, masters: dict[str, MasterKey], member_id: str
 ) -> tuple[str, bytes]:
     """The member's data key, made now (wrapped by `current`) if there is none yet."""
+    # A key that is there is the member's: erasure deletes it in the transaction that marks the
+    # member erased, so only a missing key needs the lock and the erasure check.
+    found = await data_key(conn, masters, member_id)
+    if found is not None:
+        return found
     async with conn.transaction():
         await _lock(conn, member_id)
         cur = await conn.execute("SELECT 1 FROM erased_members WHERE member_id = %s", (member_id,))
