@@ -184,8 +184,9 @@ MESSAGES = {
         {"type": "object", "required": ["command_id", "correlation_id", "issued_at", "body"]},
         {"type": "string", "description": "member_id, UTF-8; `$tick` for a clock tick"},
         description="`body.type` is purchase, refund, redemption, redemption_cancel, adjustment, "
-        "tier_change or tick (services/ledger/command_messages.py). Ticks are keyed `$tick` and "
-        "written to every partition; they reach every member of the partition with something due.",
+        "tier_change, enrolment, profile_update, erasure or tick (services/ledger/command_messages.py). "
+        "Ticks are keyed `$tick` and written to every partition; they reach every member of the "
+        "partition with something due.",
     ),
     "event": _message("event", "One ledger event.", {"$ref": "./json/event.schema.json"}, ANY_KEY),
     "memberState": _message(

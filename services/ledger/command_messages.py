@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AwareDatetime,
@@ -129,6 +129,8 @@ AnyBody = (
     | TickBody
 )
 CommandBody = Annotated[AnyBody, Field(discriminator="type")]
+# Every body's `type`: the union's tags, which pydantic puts in an error's location.
+BODY_TYPES = frozenset(body.model_fields["type"].default for body in get_args(AnyBody))
 
 
 class CommandMessage(BaseModel):
@@ -287,17 +289,5 @@ def _validate(adapter: TypeAdapter[M], value: bytes | None) -> M:
         return adapter.validate_json(value)
     except ValidationError as error:
         first = error.errors()[0]
-        tags = {
-            "purchase",
-            "refund",
-            "redemption",
-            "redemption_cancel",
-            "adjustment",
-            "tier_change",
-            "enrolment",
-            "profile_update",
-            "erasure",
-            "tick",
-        }
-        where = ".".join(str(part) for part in first["loc"] if part not in tags) or "value"
+        where = ".".join(str(part) for part in first["loc"] if part not in BODY_TYPES) or "value"
         raise InvalidRecord("invalid_message", f"{where}: {first['msg']}") from None

@@ -119,9 +119,12 @@ class ReplyTracker:
                         if reply.command_id not in self._replies or reply.status != "duplicate":
                             self._replies[reply.command_id] = raw
                         self._replies.move_to_end(reply.command_id)
+                        waiting = self._waiters.pop(reply.command_id, [])
+                        if not waiting:
+                            continue
                         stored = self._replies[reply.command_id]
                         answer = reply if stored is raw else CommandReply.model_validate_json(stored)
-                        for loop, waiter in self._waiters.pop(reply.command_id, []):
+                        for loop, waiter in waiting:
                             loop.call_soon_threadsafe(_resolve, waiter, answer)
                     while len(self._replies) > REMEMBERED:
                         self._replies.popitem(last=False)
