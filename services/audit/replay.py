@@ -22,6 +22,7 @@ from multiprocessing.sharedctypes import Synchronized
 
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from psycopg import sql
 
 from services import collector
@@ -29,10 +30,13 @@ from services.kafka_offsets import committed_reader, end_offsets
 from services.migrations import migrate, schema_options
 from services.projector import store
 from services.projector.checksums import table_checksums
-from services.projector.projector import apply_batch
+from services.projector.projector import OpenBatch
 from services.projector.settings import ProjectorSettings
 
 Sums = dict[str, tuple[int, str]]
+
+# Records per poll: decoded and copied at once, so this bounds the events held in memory.
+POLL_RECORDS = 20_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="when the rebuild matches, bring it up to date and serve it in place of the live schema",
     )
-    parser.add_argument("--batch", type=int, default=20_000, help="events per transaction")
+    parser.add_argument("--batch", type=int, default=200_000, help="events per transaction")
     parser.add_argument(
         "--workers",
         type=int,
@@ -191,7 +195,11 @@ def _rebuild_partitions(
     batch: int,
     applied: Synchronized[int],
 ) -> None:
-    """One worker: its partitions from their start to their stop offset, with the projector's code."""
+    """One worker: its partitions from their start to their stop offset, with the projector's code.
+
+    Each transaction folds polls until it holds `batch` events, so that a member's row is written
+    once per transaction instead of once per poll.
+    """
     reader = committed_reader(bootstrap, "loyalty-replay", max_partition_fetch_bytes=8 << 20)
     tps = [TopicPartition(topic, p) for p in sorted(ranges)]
     reader.assign(tps)
@@ -200,21 +208,25 @@ def _rebuild_partitions(
     open_tps = set(tps)
     with _connect(url, schema) as conn:
         while open_tps:
-            with collector.paused():
-                _apply_next(reader, conn, topic, ranges, open_tps, batch, applied)
+            with collector.paused(), conn.transaction():
+                started = time.monotonic()
+                pending = OpenBatch(conn, topic)
+                while open_tps and pending.records < batch:
+                    chunk = _next_chunk(reader, ranges, open_tps)
+                    if chunk:
+                        pending.add(chunk)
+                        with applied.get_lock():
+                            applied.value += sum(len(records) for records in chunk.values())
+                if pending.records:
+                    pending.write(started)
     reader.close()
 
 
-def _apply_next(
-    reader: KafkaConsumer,
-    conn: psycopg.Connection,
-    topic: str,
-    ranges: dict[int, tuple[int, int]],
-    open_tps: set[TopicPartition],
-    batch: int,
-    applied: Synchronized[int],
-) -> None:
-    polled = reader.poll(timeout_ms=1000, max_records=batch)
+def _next_chunk(
+    reader: KafkaConsumer, ranges: dict[int, tuple[int, int]], open_tps: set[TopicPartition]
+) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """The next poll's records below their partition's stop offset; partitions done are closed."""
+    polled = reader.poll(timeout_ms=1000, max_records=POLL_RECORDS)
     chunk = {}
     for tp, records in polled.items():
         kept = [record for record in records if record.offset < ranges[tp.partition][1]]
@@ -224,10 +236,7 @@ def _apply_next(
         if reader.position(tp) >= ranges[tp.partition][1]:
             open_tps.discard(tp)
             reader.pause(tp)
-    if chunk:
-        apply_batch(conn, topic, chunk, time.monotonic())
-        with applied.get_lock():
-            applied.value += sum(len(records) for records in chunk.values())
+    return chunk
 
 
 def _report(live: str, target: str, live_sums: Sums, replayed: Sums) -> bool:

@@ -164,7 +164,7 @@ class NewPurchase(NamedTuple):
 @dataclass
 class Folded:
     # Streams that already have a row: their changes are increments, the others new rows.
-    known: frozenset[str] = frozenset()
+    known: set[str] = field(default_factory=set)
     members: dict[str, MemberChange] = field(default_factory=dict)
     lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
     # (member, sequence) -> the purchase that event recorded.
@@ -225,9 +225,12 @@ def decode(raw: bytes | None) -> Decoded | str:
         return MALFORMED
 
 
-def fold(records: list[Decoded | str], last_sequences: dict[str, int]) -> Folded:
-    """Apply each event once: one at or below the member's last applied sequence is a duplicate."""
-    folded = Folded(known=frozenset(last_sequences))
+def fold(records: list[Decoded | str], last_sequences: dict[str, int], into: Folded | None = None) -> Folded:
+    """Apply each event once: one at or below the member's last applied sequence is a duplicate.
+
+    `into` continues an earlier fold of the same transaction, as if both were one batch.
+    """
+    folded = Folded(known=set(last_sequences)) if into is None else into
     for record in records:
         if isinstance(record, str):
             folded.skipped[record] = folded.skipped.get(record, 0) + 1

@@ -40,23 +40,62 @@ def apply_batch(
     started: float,
     expected: dict[int, int] | None = None,
 ) -> Folded:
-    """One batch into the read models, in one transaction with its checkpoint.
-
-    With `expected` (next offset per partition, as this writer last left them), a checkpoint found
-    elsewhere aborts the batch with CheckpointMoved before anything is written.
-    """
-    records = [decode(record.value) for partition_records in batch.values() for record in partition_records]
-    read = {tp.partition: (recs[-1].offset + 1, len(recs)) for tp, recs in batch.items()}
+    """One batch into the read models, in one transaction with its checkpoint (see OpenBatch.add)."""
     with conn.transaction():
-        store.lock_partitions(conn, topic, read)
+        pending = OpenBatch(conn, topic)
+        pending.add(batch, expected)
+        pending.write(started)
+    return pending.folded
+
+
+class OpenBatch:
+    """Polls folded into the caller's open transaction, as if they were one batch.
+
+    Each poll's events are copied at once and dropped from memory; the rows they change (members,
+    lots, days...) are written once, with the checkpoint, by `write`. The more polls one
+    transaction takes, the fewer times each row is written.
+    """
+
+    def __init__(self, conn: psycopg.Connection, topic: str) -> None:
+        self._conn, self._topic = conn, topic
+        self.folded = Folded()
+        # Last applied sequence of each member seen so far: stored, or set by this transaction.
+        self._last: dict[str, int] = {}
+        # Partition -> (next offset, records read).
+        self._read: dict[int, tuple[int, int]] = {}
+        self.records = 0
+
+    def add(
+        self, batch: dict[TopicPartition, list[ConsumerRecord]], expected: dict[int, int] | None = None
+    ) -> None:
+        """Fold `batch` in. With `expected` (next offset per partition, as this writer last left
+        them), a checkpoint found elsewhere raises CheckpointMoved before anything is written."""
+        unlocked = [tp.partition for tp in batch if tp.partition not in self._read]
+        if unlocked:
+            store.lock_partitions(self._conn, self._topic, unlocked)
         if expected is not None:
-            stored = store.checkpoints(conn, topic, read)
-            if any(stored.get(partition, 0) != expected.get(partition, 0) for partition in read):
+            stored = store.checkpoints(self._conn, self._topic, unlocked)
+            if any(stored.get(partition, 0) != expected.get(partition, 0) for partition in unlocked):
                 raise CheckpointMoved(stored)
-        members = {record.event.member_id for record in records if not isinstance(record, str)}
-        folded = fold(records, store.last_sequences(conn, members))
-        store.write(conn, folded, topic, read, started)
-    return folded
+        records = [
+            decode(record.value) for partition_records in batch.values() for record in partition_records
+        ]
+        unseen = {r.event.member_id for r in records if not isinstance(r, str)} - self._last.keys()
+        sequences = store.last_sequences(self._conn, unseen)
+        self._last.update(sequences)
+        self.folded.known |= sequences.keys()
+        fold(records, self._last, self.folded)
+        with self._conn.cursor() as cur:
+            store.copy_events(cur, self.folded)
+        for tp, recs in batch.items():
+            self._read[tp.partition] = (
+                recs[-1].offset + 1,
+                self._read.get(tp.partition, (0, 0))[1] + len(recs),
+            )
+        self.records += len(records)
+
+    def write(self, started: float) -> None:
+        store.write(self._conn, self.folded, self._topic, self._read, started)
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -55,7 +55,7 @@ def write(
     one pipeline; rows are written in key order so that two instances cannot deadlock.
     """
     with conn.cursor() as cur:
-        _events(cur, folded)
+        copy_events(cur, folded)
         with conn.pipeline():
             _members(cur, folded)
             _lots(cur, folded)
@@ -196,7 +196,10 @@ EVENT_COLUMNS = (
 )  # fmt: skip
 
 
-def _events(cur: psycopg.Cursor, folded: Folded) -> None:
+def copy_events(cur: psycopg.Cursor, folded: Folded) -> None:
+    """The batch's events into member_events; they are then no longer needed in memory."""
+    if not folded.events:
+        return
     with cur.copy(
         "COPY member_events (member_id, sequence, type, occurred_at, recorded_at, available, pending, "
         "lifetime_earned, redeemed, expired, reversed, amount_minor, reference, event) "
@@ -223,6 +226,7 @@ def _events(cur: psycopg.Cursor, folded: Folded) -> None:
                     row.raw,
                 )
             )
+    folded.events.clear()
 
 
 def _lots(cur: psycopg.Cursor, folded: Folded) -> None:

@@ -75,7 +75,7 @@ def test_switch_serves_the_rebuilt_schema_and_the_projector_follows(
         with psycopg.connect(url) as conn:
             schemas = [row[0] for row in conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1")]
             retired = next(name for name in schemas if name.startswith("public_retired_"))
-            assert indexes(conn, "public") == indexes(conn, retired), "indexes dropped for the rebuild are back"
+            assert indexes(conn, "public") == indexes(conn, retired), "the indexes dropped are back"
         assert read.get("/v1/members/x-3").json()["balance"] == before
 
         publish_events(isolated, log_of("late-1", make.purchase("o-1", 12300, at(2026, 1, 2))))
