@@ -36,7 +36,7 @@ from services.projector.settings import ProjectorSettings
 Sums = dict[str, tuple[int, str]]
 
 # Records per poll: decoded and copied at once, so this bounds the events held in memory.
-POLL_RECORDS = 20_000
+POLL_RECORDS = 5_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
