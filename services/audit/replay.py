@@ -14,9 +14,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from multiprocessing.sharedctypes import Synchronized
 
@@ -29,11 +31,15 @@ from services import collector
 from services.kafka_offsets import committed_reader, end_offsets
 from services.migrations import migrate, schema_options
 from services.projector import store
-from services.projector.checksums import table_checksums
+from services.projector.checksums import READ_MODEL_TABLES, table_checksum
 from services.projector.projector import OpenBatch
 from services.projector.settings import ProjectorSettings
 
 Sums = dict[str, tuple[int, str]]
+
+# Connections that checksum tables side by side: Postgres' own parallel scans leave cores idle
+# on the smaller tables.
+CHECKSUM_CONNECTIONS = 2
 
 # Records per poll: decoded and copied at once, so this bounds the events held in memory.
 POLL_RECORDS = 5_000
@@ -72,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
     positions, live_sums = _live_snapshot(settings, sorted(_log_ends(settings)))
     migrate(settings.database_url, target)
     _rebuild(settings, target, positions, args.batch, args.workers)
-    with _connect(settings.database_url, target) as conn:
-        replayed = table_checksums(conn)
+    replayed = _checksums(settings.database_url, target)
     identical = _report(live, target, live_sums, replayed)
     if identical and args.switch:
         _rebuild(settings, target, _log_ends(settings), args.batch, args.workers)
@@ -111,8 +116,47 @@ def _live_snapshot(settings: ProjectorSettings, partitions: list[int]) -> tuple[
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             found = store.checkpoints(conn, settings.topic_events, partitions)
-            sums = table_checksums(conn)
+            snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert snapshot is not None
+            sums = _checksums(settings.database_url, settings.read_schema, snapshot[0])
     return {partition: found.get(partition, 0) for partition in partitions}, sums
+
+
+def _checksums(url: str, schema: str, snapshot: str | None = None) -> Sums:
+    """Every read-model table's checksum, the tables shared among connections, largest first.
+
+    With `snapshot` (exported by a transaction that stays open meanwhile), every connection sees
+    the database as that transaction does.
+    """
+    with psycopg.connect(url, options=schema_options(schema)) as conn:
+        sizes: dict[str, int] = dict(
+            conn.execute(
+                "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c "
+                "WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY(%s)",
+                (list(READ_MODEL_TABLES),),
+            ).fetchall()
+        )
+    tables: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for table in sorted(READ_MODEL_TABLES, key=lambda name: -sizes.get(name, 0)):
+        tables.put(table)
+    sums: Sums = {}
+
+    def work() -> None:
+        with psycopg.connect(url, options=schema_options(schema)) as conn:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            if snapshot is not None:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            while True:
+                try:
+                    table = tables.get_nowait()
+                except queue.Empty:
+                    return
+                sums[table] = table_checksum(conn, table)
+
+    with ThreadPoolExecutor(max_workers=CHECKSUM_CONNECTIONS) as pool:
+        for done in [pool.submit(work) for _ in range(CHECKSUM_CONNECTIONS)]:
+            done.result()
+    return sums
 
 
 def _rebuild(
