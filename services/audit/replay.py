@@ -173,8 +173,9 @@ def _rebuild(
     with _connect(settings.database_url, schema) as conn:
         done = store.checkpoints(conn, topic, stop)
         deferred = _drop_secondary_indexes(conn) if not done else []
-    todo = sorted((p, (done.get(p, 0), end)) for p, end in stop.items() if end > done.get(p, 0))
-    progress = _Progress(sum(end - start for _, (start, end) in todo))
+    todo = {p: (done.get(p, 0), end) for p, end in stop.items() if end > done.get(p, 0)}
+    progress = _Progress(sum(end - start for start, end in todo.values()))
+    shares = _shares(todo, workers)
     # A forked worker starts at once; a spawned one imports everything again (about half a
     # second). Forking is safe only when no other thread may hold a lock the child inherits.
     context = (
@@ -191,12 +192,12 @@ def _rebuild(
                 settings.database_url,
                 schema,
                 topic,
-                dict(todo[n::workers]),
+                share,
                 batch,
                 applied,
             ),
         )
-        for n in range(min(workers, len(todo)))
+        for share in shares
     ]
     for process in processes:
         process.start()
@@ -211,6 +212,17 @@ def _rebuild(
         store.advance(conn, topic, stop)
     progress.show(applied.value)
     progress.finish()
+
+
+def _shares(todo: dict[int, tuple[int, int]], workers: int) -> list[dict[int, tuple[int, int]]]:
+    """Partitions dealt to workers, the longest first to the least loaded, so that all finish together."""
+    shares: list[dict[int, tuple[int, int]]] = [{} for _ in range(min(workers, len(todo)))]
+    loads = [0] * len(shares)
+    for partition, (start, end) in sorted(todo.items(), key=lambda item: item[1][0] - item[1][1]):
+        least = loads.index(min(loads))
+        shares[least][partition] = (start, end)
+        loads[least] += end - start
+    return shares
 
 
 def _drop_secondary_indexes(conn: psycopg.Connection) -> list[sql.SQL]:

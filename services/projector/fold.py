@@ -293,8 +293,10 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             member.spend_minor += data.amount_minor
             day.purchases += 1
             day.spend_minor += data.amount_minor
-            for category in {item.category for item in data.items}:
-                spend = sum(to_minor(item.amount) for item in data.items if item.category == category)
+            spends: dict[str, int] = {}
+            for item in data.items:
+                spends[item.category] = spends.get(item.category, 0) + to_minor(item.amount)
+            for category, spend in spends.items():
                 key = (event.member_id, category)
                 before = folded.categories.get(key, (0, 0))
                 folded.categories[key] = (before[0] + spend, before[1] + 1)
