@@ -77,11 +77,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     positions, live_sums = _live_snapshot(settings, sorted(_log_ends(settings)))
     migrate(settings.database_url, target)
+    # Until it is switched in, a rebuild is only compared: its tables skip the write-ahead log
+    # (about a tenth of a rebuild's time). A crash empties them; the replay is run again.
+    _set_logged(settings.database_url, target, False)
     _rebuild(settings, target, positions, args.batch, args.workers)
     replayed = _checksums(settings.database_url, target)
     identical = _report(live, target, live_sums, replayed)
     if identical and args.switch:
         _rebuild(settings, target, _log_ends(settings), args.batch, args.workers)
+        _set_logged(settings.database_url, target, True)
         retired = _switch(settings.database_url, live, target)
         print(f"switched: {live} serves the rebuilt read models; the previous ones are in {retired}")
     print(f"fingerprint {fingerprint(replayed)}")
@@ -103,6 +107,17 @@ def _connect(url: str, schema: str) -> psycopg.Connection:
     conn.execute("SET synchronous_commit = off")
     conn.commit()
     return conn
+
+
+def _set_logged(url: str, schema: str, logged: bool) -> None:
+    with psycopg.connect(url) as conn, conn.transaction():
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)).fetchall()
+        for (table,) in tables:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} SET {}").format(
+                    sql.Identifier(schema, table), sql.SQL("LOGGED" if logged else "UNLOGGED")
+                )
+            )
 
 
 def _schema_exists(url: str, schema: str) -> bool:

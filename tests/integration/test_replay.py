@@ -49,6 +49,12 @@ def test_replays_are_deterministic_equal_to_live_and_catch_differences(
         first, out = replay(capsys, "--into", "replay_one")
         assert first == 0, out
         assert "replay_one: identical to public" in out
+        with psycopg.connect(url) as conn:
+            kinds = conn.execute(
+                "SELECT DISTINCT relpersistence FROM pg_class "
+                "WHERE relnamespace = 'replay_one'::regnamespace AND relkind = 'r'"
+            ).fetchall()
+        assert kinds == [("u",)], "a rebuild only compared skips the write-ahead log"
         second, again = replay(capsys, "--into", "replay_two")
         assert second == 0, again
         assert printed_fingerprint(out) == printed_fingerprint(again) == live
@@ -76,6 +82,11 @@ def test_switch_serves_the_rebuilt_schema_and_the_projector_follows(
             schemas = [row[0] for row in conn.execute("SELECT nspname FROM pg_namespace ORDER BY 1")]
             retired = next(name for name in schemas if name.startswith("public_retired_"))
             assert indexes(conn, "public") == indexes(conn, retired), "the indexes dropped are back"
+            unlogged = conn.execute(
+                "SELECT relname FROM pg_class "
+                "WHERE relnamespace = 'public'::regnamespace AND relpersistence <> 'p'"
+            ).fetchall()
+            assert unlogged == [], "a switched-in rebuild is written to the write-ahead log"
         assert read.get("/v1/members/x-3").json()["balance"] == before
 
         publish_events(isolated, log_of("late-1", make.purchase("o-1", 12300, at(2026, 1, 2))))
