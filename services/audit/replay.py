@@ -281,15 +281,15 @@ def _rebuild_partitions(
         while open_tps:
             with collector.paused(), conn.transaction():
                 started = time.monotonic()
-                pending = OpenBatch(conn, topic)
-                while open_tps and pending.records < batch:
+                folding = OpenBatch(conn, topic)
+                while open_tps and folding.records < batch:
                     chunk = _next_chunk(reader, ranges, open_tps)
                     if chunk:
-                        pending.add(chunk)
+                        folding.add(chunk)
                         with applied.get_lock():
                             applied.value += sum(len(records) for records in chunk.values())
-                if pending.records:
-                    pending.write(started)
+                if folding.records:
+                    folding.write(started)
     reader.close()
 
 

@@ -42,10 +42,10 @@ def apply_batch(
 ) -> Folded:
     """One batch into the read models, in one transaction with its checkpoint (see OpenBatch.add)."""
     with conn.transaction():
-        pending = OpenBatch(conn, topic)
-        pending.add(batch, expected)
-        pending.write(started)
-    return pending.folded
+        folding = OpenBatch(conn, topic)
+        folding.add(batch, expected)
+        folding.write(started)
+    return folding.folded
 
 
 class OpenBatch:
