@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from services.projector.fold import Folded
+from services.projector.fold import Folded, MemberChange
 
 
 def checkpoints(conn: psycopg.Connection, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -118,28 +118,8 @@ MEMBER_ROWS = """
 def _members(cur: psycopg.Cursor, folded: Folded) -> None:
     """Known members incremented, in one set-based statement over column arrays."""
     known = [
-        (
-            member,
-            c.last_sequence,
-            c.last_event_at,
-            c.enrolled_at,
-            c.available,
-            c.pending,
-            c.lifetime_earned,
-            c.redeemed,
-            c.expired,
-            c.reversed,
-            c.adjusted,
-            c.tier,
-            c.tier_changed_at,
-            c.next_evaluation_at,
-            c.last_purchase_at,
-            c.purchases,
-            c.spend_minor,
-            c.refunded_minor,
-            c.evaluation_set,
-        )
-        for member, c in sorted(folded.members.items())
+        (*_member_row(member, change), change.evaluation_set)
+        for member, change in sorted(folded.members.items())
         if member in folded.known
     ]
     if known:
@@ -169,6 +149,30 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
             + "WHERE m.member_id = u.member_id",
             _columns(known),
         )
+
+
+def _member_row(member: str, c: MemberChange) -> tuple[Any, ...]:
+    """A member's row in the order of MEMBER_COLUMNS (and of MEMBER_ROWS, less evaluation_set)."""
+    return (
+        member,
+        c.last_sequence,
+        c.last_event_at,
+        c.enrolled_at,
+        c.available,
+        c.pending,
+        c.lifetime_earned,
+        c.redeemed,
+        c.expired,
+        c.reversed,
+        c.adjusted,
+        c.tier,
+        c.tier_changed_at,
+        c.next_evaluation_at,
+        c.last_purchase_at,
+        c.purchases,
+        c.spend_minor,
+        c.refunded_minor,
+    )
 
 
 def _columns(rows: list[tuple[Any, ...]]) -> list[list[Any]]:
@@ -233,30 +237,7 @@ def _copy_new_rows(cur: psycopg.Cursor, folded: Folded) -> None:
         cur,
         "members",
         MEMBER_COLUMNS,
-        [
-            (
-                member,
-                c.last_sequence,
-                c.last_event_at,
-                c.enrolled_at,
-                c.available,
-                c.pending,
-                c.lifetime_earned,
-                c.redeemed,
-                c.expired,
-                c.reversed,
-                c.adjusted,
-                c.tier,
-                c.tier_changed_at,
-                c.next_evaluation_at,
-                c.last_purchase_at,
-                c.purchases,
-                c.spend_minor,
-                c.refunded_minor,
-            )
-            for member, c in folded.members.items()
-            if member in new
-        ],
+        [_member_row(member, change) for member, change in folded.members.items() if member in new],
     )
     _copy(
         cur,
