@@ -218,9 +218,14 @@ def _rebuild(
         process.start()
     while any(process.is_alive() for process in processes):
         progress.show(applied.value)
+        if any(process.exitcode not in (None, 0) for process in processes):
+            break  # the rebuild is lost: no need for the others to finish it
         time.sleep(0.5)
     if any(process.exitcode != 0 for process in processes):
-        raise RuntimeError("a replay worker failed; its error is above")
+        for process in processes:
+            process.terminate()
+            process.join()
+        raise RuntimeError(f"a replay worker failed; its error is above, and schema {schema} is incomplete")
     with _connect(settings.database_url, schema) as conn, conn.transaction():
         for definition in deferred:
             conn.execute(definition)
@@ -315,10 +320,10 @@ def _report(live: str, target: str, live_sums: Sums, replayed: Sums) -> bool:
     print(f"{'table':<{width}}  {'rows ' + live:>14}  {'rows replay':>12}  checksum")
     identical = True
     for table in sorted(replayed):
-        (live_rows, live_md5), (rows, md5) = live_sums.get(table, (0, "-")), replayed[table]
-        same = (live_rows, live_md5) == (rows, md5)
+        (live_rows, live_sum), (rows, checksum) = live_sums.get(table, (0, "-")), replayed[table]
+        same = (live_rows, live_sum) == (rows, checksum)
         identical &= same
-        verdict = md5 if same else f"{md5} DIFFERS from {live} {live_md5}"
+        verdict = checksum if same else f"{checksum} DIFFERS from {live} {live_sum}"
         print(f"{table:<{width}}  {live_rows:>14}  {rows:>12}  {verdict}")
     print(f"{target}: {'identical to' if identical else 'DIFFERENT from'} {live}")
     return identical

@@ -116,7 +116,13 @@ class MemberChange:
 
 @dataclass(slots=True)
 class LotChange:
+    """A lot's change over the batch. The ledger never takes a lot below zero and drops it at zero,
+    so a lot that stood at p points before the batch was used up in it exactly when p + low == 0;
+    its points then came back (if they did) with `expires_at`, the expiry of the first credit since
+    the last time the running change was at its lowest. A lot new in the batch has p == 0."""
+
     points: int = 0
+    low: int = 0
     expires_at: datetime | None = None
     matures_at: datetime | None = None
     matured: bool = False
@@ -169,9 +175,10 @@ class Folded:
     lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
     # (member, sequence) -> the purchase that event recorded.
     purchases: dict[tuple[str, int], NewPurchase] = field(default_factory=dict)
-    # (member, purchase id, sequence of its purchase if recorded in this batch) -> refunded total.
-    # Without a sequence the refund is of the member's latest purchase with that id.
-    refunds: dict[tuple[str, str, int | None], int] = field(default_factory=dict)
+    # (member, purchase id, sequence of its purchase if recorded in this batch) -> (refunded total,
+    # sequence of the refund). Without a purchase sequence, the refund is of the member's latest
+    # purchase with that id before the refund (an id can come back once the ledger forgot it).
+    refunds: dict[tuple[str, str, int | None], tuple[int, int]] = field(default_factory=dict)
     # (member, purchase id) -> sequence, for the purchases recorded in this batch.
     purchase_sequences: dict[tuple[str, str], int] = field(default_factory=dict)
     categories: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
@@ -302,7 +309,10 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
                 folded.categories[key] = (before[0] + spend, before[1] + 1)
         case PurchaseRefunded():
             recorded = folded.purchase_sequences.get((event.member_id, data.purchase_id))
-            folded.refunds[(event.member_id, data.purchase_id, recorded)] = data.refunded_total_minor
+            folded.refunds[(event.member_id, data.purchase_id, recorded)] = (
+                data.refunded_total_minor,
+                event.sequence,
+            )
             member.refunded_minor += data.amount_minor
             day.refunded_minor += data.amount_minor
         case TierChanged():
@@ -380,7 +390,10 @@ def _lot(folded: Folded, member_id: str, lot_id: str, points: int, expires_at: d
     if lot is None:
         lot = folded.lots[(member_id, lot_id)] = LotChange()
     lot.points += points
-    lot.expires_at = expires_at or lot.expires_at
+    if lot.points < lot.low or (points < 0 and lot.points == lot.low):
+        lot.low, lot.expires_at = lot.points, None
+    elif points > 0 and lot.expires_at is None:
+        lot.expires_at = expires_at
     return lot
 
 

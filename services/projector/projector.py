@@ -70,6 +70,8 @@ class OpenBatch:
     ) -> None:
         """Fold `batch` in. With `expected` (next offset per partition, as this writer last left
         them), a checkpoint found elsewhere raises CheckpointMoved before anything is written."""
+        # Partitions are locked as polls first bring them. Each call locks in ascending order; a
+        # writer that adds several polls (a replay worker) holds partitions no other writer takes.
         unlocked = [tp.partition for tp in batch if tp.partition not in self._read]
         if unlocked:
             store.lock_partitions(self._conn, self._topic, unlocked)

@@ -304,6 +304,18 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
     known = sorted((key, lot) for key, lot in folded.lots.items() if key[0] in folded.known)
     if not known:
         return
+    # A known lot used up in the batch and credited again has the expiry of that credit.
+    reopened = [
+        (m, lot_id, lot.low, lot.expires_at) for (m, lot_id), lot in known if lot.low < 0 and lot.expires_at
+    ]
+    if reopened:
+        cur.execute(
+            "UPDATE member_lots AS l SET expires_at = u.expires_at "
+            "FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::timestamptz[]) "
+            "AS u(m, lot, low, expires_at) "
+            "WHERE l.member_id = u.m AND l.lot_id = u.lot AND l.points + u.low <= 0",
+            _columns(reopened),
+        )
     cur.execute(
         """
         INSERT INTO member_lots AS l (member_id, lot_id, points, expires_at, matures_at)
@@ -336,17 +348,18 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
         cur.execute(
             """
             UPDATE member_purchases AS p SET refunded_minor = u.total
-            FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[]) AS u(m, purchase, recorded, total)
+            FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
+                AS u(m, purchase, recorded, total, refunded_at)
             WHERE p.member_id = u.m AND p.purchase_id = u.purchase
               AND p.sequence = coalesce(u.recorded, (
                   SELECT max(q.sequence) FROM member_purchases q
-                  WHERE q.member_id = u.m AND q.purchase_id = u.purchase
+                  WHERE q.member_id = u.m AND q.purchase_id = u.purchase AND q.sequence < u.refunded_at
               ))
             """,
             _columns(
                 [
-                    (m, purchase, recorded, total)
-                    for (m, purchase, recorded), total in sorted(
+                    (m, purchase, recorded, total, refunded_at)
+                    for (m, purchase, recorded), (total, refunded_at) in sorted(
                         folded.refunds.items(), key=lambda i: i[0][:2]
                     )
                 ]

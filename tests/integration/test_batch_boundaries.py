@@ -6,6 +6,7 @@ transaction. Both must give the same rows as the whole log applied at once.
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 
@@ -13,21 +14,47 @@ import psycopg
 from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
+from schemas.events import Event
 from services.migrations import migrate, schema_options
 from services.projector.checksums import table_checksums
 from services.projector.projector import OpenBatch, apply_batch
 from tests.conftest import Isolated
 from tests.integration.test_projector_exactly_once import crafted_log
+from tests.unit import ledger_fixtures as make
+from tests.unit.ledger_fixtures import at, log_of
 
 TOPIC = "boundaries"
 Poll = dict[TopicPartition, list[ConsumerRecord]]
+
+
+def reused_ids() -> list[Event]:
+    """Purchase ids that come back once the ledger has forgotten them: a refund of the first
+    purchase, then the id's lot credited again, once still open and once used up before."""
+    return log_of(
+        "reuse-open",
+        make.purchase("p-1", 100000, at(2025, 1, 10)),
+        make.tick(at(2025, 1, 20)),
+        make.refund("r-1", "p-1", 10000, at(2025, 2, 1)),
+        make.purchase("p-2", 5000, at(2026, 3, 15)),
+        make.purchase("p-1", 20000, at(2026, 4, 1), command_id="purchase:p-1:again"),
+        make.refund("r-2", "p-1", 5000, at(2026, 4, 5)),
+        make.tick(at(2026, 4, 20)),
+    ) + log_of(
+        "reuse-spent",
+        make.purchase("q-1", 100000, at(2025, 1, 10)),
+        make.tick(at(2025, 1, 20)),
+        make.redeem("rd-1", 1000, at(2025, 2, 1)),
+        make.purchase("q-2", 5000, at(2026, 3, 15)),
+        make.purchase("q-1", 30000, at(2026, 4, 1), command_id="purchase:q-1:again"),
+        make.tick(at(2026, 4, 20)),
+    )
 
 
 def records() -> list[ConsumerRecord]:
     """The crafted log as a topic of three partitions would deliver it, offsets included."""
     offsets = [0, 0, 0]
     delivered = []
-    for event in crafted_log(40):
+    for event in crafted_log(40) + reused_ids():
         partition = zlib.crc32(event.member_id.encode()) % 3
         value = event.to_bytes()
         delivered.append(
@@ -72,9 +99,22 @@ def test_any_cut_of_the_log_gives_the_same_read_models(isolated: Isolated) -> No
     assert project(url, "cut_polls_one_transaction", [small]) == whole
     assert project(url, "cut_polls_by_threes", [small[n : n + 3] for n in range(0, len(small), 3)]) == whole
     assert project(url, "cut_record_by_record", [[poll] for poll in polls(delivered, 1)]) == whole
+    twice = [poll for poll in small for _ in range(2)]
+    assert project(url, "cut_polls_delivered_twice", [twice]) == whole
 
     with psycopg.connect(url, options=schema_options("cut_per_poll")) as conn:
         migrate(url, "cut_per_poll")
         for poll in polls(delivered, 13):
             apply_batch(conn, TOPIC, poll, time.monotonic())
         assert table_checksums(conn) == whole
+
+
+def test_a_refund_stays_with_its_purchase_when_the_id_comes_back_in_the_same_transaction(
+    isolated: Isolated,
+) -> None:
+    url = isolated.env["LOYALTY_DATABASE_URL"]
+    member = [record for record in records() if json.loads(record.value)["member_id"] == "reuse-open"]
+    one_by_one = project(url, "refund_one_by_one", [[poll] for poll in polls(member, 1)])
+    # The first purchase of p-1 in one transaction; its refund and p-1's return in the next.
+    split = project(url, "refund_split", [polls(member[:3], 3), polls(member[3:], len(member))])
+    assert split == one_by_one
