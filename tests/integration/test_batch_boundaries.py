@@ -21,7 +21,7 @@ from services.projector.projector import OpenBatch, apply_batch
 from tests.conftest import Isolated
 from tests.integration.test_projector_exactly_once import crafted_log
 from tests.unit import ledger_fixtures as make
-from tests.unit.ledger_fixtures import at, log_of
+from tests.unit.ledger_fixtures import RULES, at, log_of
 
 TOPIC = "boundaries"
 Poll = dict[TopicPartition, list[ConsumerRecord]]
@@ -50,11 +50,26 @@ def reused_ids() -> list[Event]:
     )
 
 
+def pending_points() -> list[Event]:
+    """Points held back for a week: reversed in part while pending, then matured and spent."""
+    rules = RULES.model_copy(update={"pending_days": 7})
+    return log_of(
+        "pending",
+        make.purchase("s-1", 80000, at(2025, 5, 1)),
+        make.refund("sr-1", "s-1", 20000, at(2025, 5, 3)),
+        make.purchase("s-2", 30000, at(2025, 5, 4)),
+        make.tick(at(2025, 5, 9)),
+        make.redeem("srd-1", 500, at(2025, 5, 20)),
+        make.tick(at(2025, 5, 20)),
+        rules=rules,
+    )
+
+
 def records() -> list[ConsumerRecord]:
     """The crafted log as a topic of three partitions would deliver it, offsets included."""
     offsets = [0, 0, 0]
     delivered = []
-    for event in crafted_log(40) + reused_ids():
+    for event in crafted_log(40) + reused_ids() + pending_points():
         partition = zlib.crc32(event.member_id.encode()) % 3
         value = event.to_bytes()
         delivered.append(
