@@ -52,7 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="when the rebuild matches, bring it up to date and serve it in place of the live schema",
     )
-    parser.add_argument("--batch", type=int, default=200_000, help="events per transaction")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=200_000,
+        help="events a worker folds into one transaction: each member's rows are written once per "
+        "transaction, and its changes are held in memory until then",
+    )
     parser.add_argument(
         "--workers",
         type=int,
