@@ -63,7 +63,10 @@ class OpenBatch:
         self._last: dict[str, int] = {}
         # Partition -> (next offset, records read).
         self._read: dict[int, tuple[int, int]] = {}
-        self.records = 0
+
+    @property
+    def records(self) -> int:
+        return sum(count for _, count in self._read.values())
 
     def add(
         self, batch: dict[TopicPartition, list[ConsumerRecord]], expected: dict[int, int] | None = None
@@ -94,7 +97,6 @@ class OpenBatch:
                 recs[-1].offset + 1,
                 self._read.get(tp.partition, (0, 0))[1] + len(recs),
             )
-        self.records += len(records)
 
     def write(self, started: float) -> None:
         store.write(self._conn, self.folded, self._topic, self._read, started)

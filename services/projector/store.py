@@ -232,12 +232,15 @@ def _copy_new_rows(cur: psycopg.Cursor, folded: Folded) -> None:
     statements over arrays that known rows need: new members with their lots and categories (a
     lot already used up is never written), and every purchase.
     """
-    new = {member for member in folded.members if member not in folded.known}
     _copy(
         cur,
         "members",
         MEMBER_COLUMNS,
-        [_member_row(member, change) for member, change in folded.members.items() if member in new],
+        [
+            _member_row(member, change)
+            for member, change in folded.members.items()
+            if member not in folded.known
+        ],
     )
     _copy(
         cur,
@@ -246,7 +249,7 @@ def _copy_new_rows(cur: psycopg.Cursor, folded: Folded) -> None:
         [
             (member, lot_id, lot.points, lot.expires_at, lot.matures_at)
             for (member, lot_id), lot in folded.lots.items()
-            if member in new and lot.points > 0
+            if member not in folded.known and lot.points > 0
         ],
     )
     _copy(
@@ -265,7 +268,7 @@ def _copy_new_rows(cur: psycopg.Cursor, folded: Folded) -> None:
         [
             (member, category, spend, n)
             for (member, category), (spend, n) in folded.categories.items()
-            if member in new
+            if member not in folded.known
         ],
     )
 

@@ -338,9 +338,11 @@ def account_from_json(raw: bytes | str) -> Account:
         erased=d["erased"],
         tier=d["tier"],
         next_evaluation_at=_instant(d["next_evaluation_at"]),
-        lots=tuple(Lot(lot_id, points, _at(expires)) for lot_id, points, expires in d["lots"]),
+        lots=tuple(
+            Lot(lot_id, points, datetime.fromisoformat(expires)) for lot_id, points, expires in d["lots"]
+        ),
         pending=tuple(
-            PendingLot(lot_id, points, _at(expires), _at(matures))
+            PendingLot(lot_id, points, datetime.fromisoformat(expires), datetime.fromisoformat(matures))
             for lot_id, points, expires, matures in d["pending"]
         ),
         debt=d["debt"],
@@ -350,7 +352,9 @@ def account_from_json(raw: bytes | str) -> Account:
         reversed=d["reversed"],
         adjusted=d["adjusted"],
         purchases={
-            purchase_id: Purchase(command_id, amount, _at(occurred), refunded, earned, reversed_)
+            purchase_id: Purchase(
+                command_id, amount, datetime.fromisoformat(occurred), refunded, earned, reversed_
+            )
             for purchase_id, (command_id, amount, occurred, refunded, earned, reversed_) in d[
                 "purchases"
             ].items()
@@ -361,7 +365,7 @@ def account_from_json(raw: bytes | str) -> Account:
                 command_id,
                 points,
                 tuple(
-                    LotPoints(lot_id=lot_id, points=n, expires_at=_at(expires))
+                    LotPoints(lot_id=lot_id, points=n, expires_at=datetime.fromisoformat(expires))
                     for lot_id, n, expires in from_lots
                 ),
                 cancelled,
@@ -377,10 +381,6 @@ def account_from_json(raw: bytes | str) -> Account:
         rules_fingerprint=d["rules_fingerprint"],
         forgotten_before=_instant(d["forgotten_before"]),
     )
-
-
-def _at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def _instant(text: str | None) -> datetime | None:
