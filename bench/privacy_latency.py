@@ -27,7 +27,7 @@ import psycopg
 
 from bench.http_load import Load, run_load
 from bench.stack import auth, bench_env, wait_ready
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 from services.access import store
 from services.migrations import migrate, schema_options
 from services.personal_data.crypto import MasterKey
@@ -46,8 +46,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    with bench_env() as env:
-        ledger_port, read_port = free_port(), free_port()
+    with bench_env() as env, reserved_ports(2) as (ledger_port, read_port):
         env = {
             **env,
             "LOYALTY_LEDGER_PORT": str(ledger_port),

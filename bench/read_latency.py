@@ -24,7 +24,7 @@ import psycopg
 from bench.backlog import fresh_database, load, log_end, project
 from bench.http_load import Load, run_load
 from bench.stack import auth, bench_env, wait_ready
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
 from services.migrations import migrate
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5_000)
     parser.add_argument("--events", type=int, default=None, help="default: 10 per member")
     args = parser.parse_args()
-    with bench_env() as env:
+    with bench_env() as env, reserved_ports(1) as (port,):
         os.environ.update(env)
         settings = LedgerSettings()
         ensure_topics(settings)
@@ -65,7 +65,6 @@ def main() -> None:
                         "SELECT member_id FROM members WHERE enrolled_at IS NOT NULL ORDER BY member_id"
                     ).fetchall()
                 ]
-            port = free_port()
             log = Path(f"/tmp/bench-read-api-{os.getpid()}.log")
             with log.open("wb") as out:
                 server = subprocess.Popen(

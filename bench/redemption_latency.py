@@ -24,7 +24,7 @@ import httpx
 
 from bench.http_load import open_loop
 from bench.stack import auth, bench_env, wait_ready
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 
 
 def main() -> None:
@@ -35,8 +35,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--processors", type=int, default=1, help="processor instances, each a process")
     args = parser.parse_args()
-    with bench_env() as env:
-        port = free_port()
+    with bench_env() as env, reserved_ports(1) as (port,):
         env = {**env, "LOYALTY_LEDGER_PORT": str(port)}
         log = open(f"/tmp/bench-redemptions-{os.getpid()}.log", "wb")  # noqa: SIM115
         roles = [("ledger-api", 0)] + [("processor", instance) for instance in range(args.processors)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 from localinfra.stack import LocalStack
 
 STATE_ROOT = Path(__file__).resolve().parent.parent / ".state"
@@ -46,29 +46,30 @@ def bench_env() -> Iterator[dict[str, str]]:
     configured = {
         k: v for k, v in os.environ.items() if k in ("LOYALTY_KAFKA_BOOTSTRAP", "LOYALTY_DATABASE_URL")
     }
-    env = {
-        "LOYALTY_LOCAL_KAFKA_PORT": str(free_port()),
-        "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "LOYALTY_LOCAL_PG_PORT": str(free_port()),
-        **configured,
-    }
-    state_dir = STATE_ROOT / f"bench-{os.getpid()}"
-    stack = LocalStack.from_env(env, state_dir=state_dir)
-    try:
-        tag = f"bench{uuid.uuid4().hex[:6]}"
-        yield {
+    with reserved_ports(3) as (kafka, controller, postgres):
+        env = {
+            "LOYALTY_LOCAL_KAFKA_PORT": str(kafka),
+            "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(controller),
+            "LOYALTY_LOCAL_PG_PORT": str(postgres),
             **configured,
-            **stack.up(),
-            "LOYALTY_TOPIC_PURCHASES": f"{tag}.purchases",
-            "LOYALTY_TOPIC_COMMANDS": f"{tag}.commands",
-            "LOYALTY_TOPIC_EVENTS": f"{tag}.events",
-            "LOYALTY_TOPIC_STATE": f"{tag}.state",
-            "LOYALTY_TOPIC_DLQ": f"{tag}.dlq",
-            "LOYALTY_TOPIC_REPLIES": f"{tag}.replies",
-            "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
-            "LOYALTY_PROCESSOR_INSTANCE": "0",
-            "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
-            "LOYALTY_BOOTSTRAP_ADMIN_KEY": f"bench-admin-{uuid.uuid4().hex}",
         }
-    finally:
-        stack.purge(state_dir)
+        state_dir = STATE_ROOT / f"bench-{os.getpid()}"
+        stack = LocalStack.from_env(env, state_dir=state_dir)
+        try:
+            tag = f"bench{uuid.uuid4().hex[:6]}"
+            yield {
+                **configured,
+                **stack.up(),
+                "LOYALTY_TOPIC_PURCHASES": f"{tag}.purchases",
+                "LOYALTY_TOPIC_COMMANDS": f"{tag}.commands",
+                "LOYALTY_TOPIC_EVENTS": f"{tag}.events",
+                "LOYALTY_TOPIC_STATE": f"{tag}.state",
+                "LOYALTY_TOPIC_DLQ": f"{tag}.dlq",
+                "LOYALTY_TOPIC_REPLIES": f"{tag}.replies",
+                "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
+                "LOYALTY_PROCESSOR_INSTANCE": "0",
+                "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",
+                "LOYALTY_BOOTSTRAP_ADMIN_KEY": f"bench-admin-{uuid.uuid4().hex}",
+            }
+        finally:
+            stack.purge(state_dir)

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -30,10 +30,28 @@ def require_free(port: int, what: str, setting: str) -> None:
         )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@contextlib.contextmanager
+def reserved_ports(count: int) -> Iterator[list[int]]:
+    """Ports on 127.0.0.1 that stay this process's own, for servers started inside the block.
+
+    Binding port 0 and closing the socket before the server binds leaves a window in which any
+    process on the host can take the port. Here each port stays bound by a socket that never
+    listens and sets SO_REUSEADDR: the kernel gives it to no other bind to port 0 or outgoing
+    connection and refuses any bind without SO_REUSEADDR, while a server that sets SO_REUSEADDR
+    itself (Kafka, PostgreSQL and uvicorn all do) binds it and listens. Hold the block until the
+    servers have stopped, so that one restarted inside it gets its port back.
+    """
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+        yield [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def read_pid(pid_file: Path) -> int | None:

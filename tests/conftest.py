@@ -84,11 +84,12 @@ def isolated(endpoints: dict[str, str], request: pytest.FixtureRequest) -> Itera
 
 
 class Running:
-    """A service loop (processor, projector) on a thread, stopped at the end of the test."""
+    """Service loops (processor, projector) on threads, stopped at the end of the test."""
 
-    def __init__(self) -> None:
+    def __init__(self, join_timeout_s: float = 30.0) -> None:
         self._threads: list[tuple[threading.Thread, threading.Event]] = []
         self.errors: list[BaseException] = []
+        self.join_timeout_s = join_timeout_s
 
     def start(self, loop: Callable[[threading.Event], None]) -> threading.Event:
         stop = threading.Event()
@@ -99,21 +100,33 @@ class Running:
             except BaseException as error:  # surfaced by the fixture's teardown
                 self.errors.append(error)
 
-        thread = threading.Thread(target=target, daemon=True)
+        name = getattr(loop, "__qualname__", repr(loop))
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append((thread, stop))
         return stop
 
     def stop_all(self) -> None:
+        """Stop every loop and wait for it; one still running after the timeout fails the test.
+
+        Such a loop would go on consuming beside the one a test starts next, and a test of a
+        restart would pass on the old loop's work.
+        """
         for _, stop in self._threads:
             stop.set()
         for thread, _ in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=self.join_timeout_s)
+        stuck = [thread.name for thread, _ in self._threads if thread.is_alive()]
+        self._threads.clear()  # reported once, here
+        if stuck:
+            raise AssertionError(f"still running {self.join_timeout_s:g} s after being stopped: {stuck}")
 
 
 @pytest.fixture
 def running() -> Iterator[Running]:
     services = Running()
     yield services
-    services.stop_all()
-    assert not services.errors, services.errors
+    try:
+        services.stop_all()
+    finally:
+        assert not services.errors, services.errors

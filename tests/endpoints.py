@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 from localinfra.stack import LocalStack
 
 STATE_DIR = Path(__file__).resolve().parent.parent / ".state" / "test"
@@ -67,14 +67,15 @@ def _containers() -> Iterator[dict[str, str]]:
 def _local(configured: dict[str, str]) -> Iterator[dict[str, str]]:
     if STATE_DIR.exists():
         LocalStack.from_env({}, state_dir=STATE_DIR).purge(STATE_DIR)
-    env = {
-        **configured,
-        "LOYALTY_LOCAL_KAFKA_PORT": str(free_port()),
-        "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(free_port()),
-        "LOYALTY_LOCAL_PG_PORT": str(free_port()),
-    }
-    stack = LocalStack.from_env(env, state_dir=STATE_DIR)
-    try:
-        yield {**configured, **stack.up()}
-    finally:
-        stack.down()
+    with reserved_ports(3) as (kafka, controller, postgres):
+        env = {
+            **configured,
+            "LOYALTY_LOCAL_KAFKA_PORT": str(kafka),
+            "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(controller),
+            "LOYALTY_LOCAL_PG_PORT": str(postgres),
+        }
+        stack = LocalStack.from_env(env, state_dir=STATE_DIR)
+        try:
+            yield {**configured, **stack.up()}
+        finally:
+            stack.down()

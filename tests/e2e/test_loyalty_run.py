@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 from localinfra.stack import LocalStack
 from tests.endpoints import STATE_DIR
 from tests.integration.kafka_io import publish, purchase
@@ -25,17 +25,18 @@ from tests.waiting import eventually
 def run_env() -> Iterator[dict[str, str]]:
     state = STATE_DIR.parent / f"e2e-{os.getpid()}"
     env = {name: value for name, value in os.environ.items() if not name.startswith("LOYALTY_")}
-    env.update(
-        LOYALTY_STATE_DIR=str(state),
-        LOYALTY_LOCAL_KAFKA_PORT=str(free_port()),
-        LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT=str(free_port()),
-        LOYALTY_LOCAL_PG_PORT=str(free_port()),
-        LOYALTY_LEDGER_PORT=str(free_port()),
-        LOYALTY_READ_PORT=str(free_port()),
-        LOYALTY_PROCESSORS="2",  # two processor processes splitting the partitions
-    )
-    yield env
-    LocalStack.from_env(env, state_dir=state).purge(state)
+    with reserved_ports(5) as (kafka, controller, postgres, ledger, read):
+        env.update(
+            LOYALTY_STATE_DIR=str(state),
+            LOYALTY_LOCAL_KAFKA_PORT=str(kafka),
+            LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT=str(controller),
+            LOYALTY_LOCAL_PG_PORT=str(postgres),
+            LOYALTY_LEDGER_PORT=str(ledger),
+            LOYALTY_READ_PORT=str(read),
+            LOYALTY_PROCESSORS="2",  # two processor processes splitting the partitions
+        )
+        yield env
+        LocalStack.from_env(env, state_dir=state).purge(state)
 
 
 class System:

@@ -15,26 +15,25 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from localinfra.process import free_port
+from localinfra.process import reserved_ports
 
 
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
     """The app under uvicorn on 127.0.0.1, for tests that need real concurrent HTTP."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with reserved_ports(1) as (port,):
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=15)
 
 
 def spawn(component: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -1,8 +1,9 @@
 """The golden log (every event type, older schema versions included) projects to its committed snapshot.
 
 The log in tests/fixtures/ is frozen: history written today must stay readable, and project to the
-same read models, forever. After an intended change to the read models, rewrite the snapshot with
-LOYALTY_UPDATE_GOLDEN=1 and review its diff.
+same read models, forever. After an intended change to the read models, run with
+LOYALTY_UPDATE_GOLDEN=1: the run still compares with the snapshot as committed, and when they differ
+it rewrites the file and fails. Review the diff, then run the test again without the variable.
 """
 
 from __future__ import annotations
@@ -57,8 +58,14 @@ def test_the_golden_log_projects_to_the_committed_snapshot(
         assert cli.main(["verify"]) == 0
         assert capsys.readouterr().out.splitlines()[-1] == "chain intact"
         assert cli.main(["replay", "--into", "golden_replay"]) == 0
-    if os.environ.get("LOYALTY_UPDATE_GOLDEN") == "1":
+    committed = json.loads(SNAPSHOT.read_text())
+    differing = sorted(
+        table for table in found.keys() | committed.keys() if found.get(table) != committed.get(table)
+    )
+    if differing and os.environ.get("LOYALTY_UPDATE_GOLDEN") == "1":
         SNAPSHOT.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
-    expected = json.loads(SNAPSHOT.read_text())
-    for table in READ_MODEL_TABLES:
-        assert found[table] == expected[table], f"{table} differs from tests/fixtures/golden-snapshot.json"
+        pytest.fail(f"rewrote {SNAPSHOT.name} ({', '.join(differing)} differed): review its diff, run again")
+    for table in differing:  # the first fails, with pytest's diff of its rows
+        assert found.get(table) == committed.get(table), (
+            f"{table} differs from tests/fixtures/golden-snapshot.json"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from localinfra.kafka import KafkaNode
 from localinfra.postgres import PostgresNode
-from localinfra.process import InfraError, free_port
+from localinfra.process import InfraError, port_open, reserved_ports
 from localinfra.stack import LocalStack
 from tests.endpoints import STATE_DIR
 
@@ -44,12 +45,12 @@ def test_configured_endpoints_start_nothing() -> None:
 
 
 def test_a_busy_port_is_named(tmp_path: Path) -> None:
-    with socket.socket() as busy:
+    with socket.socket() as busy, reserved_ports(1) as (controller,):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         node = KafkaNode(
-            state_dir=tmp_path, cache_dir=tmp_path / "cache", port=port, controller_port=free_port()
+            state_dir=tmp_path, cache_dir=tmp_path / "cache", port=port, controller_port=controller
         )
         with pytest.raises(InfraError, match=rf"port {port} for Kafka is busy.*LOYALTY_LOCAL_KAFKA_PORT"):
             node.up()
@@ -60,8 +61,27 @@ def test_a_busy_port_is_named(tmp_path: Path) -> None:
 
 def test_missing_java_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    node = KafkaNode(
-        state_dir=tmp_path, cache_dir=tmp_path / "cache", port=free_port(), controller_port=free_port()
-    )
-    with pytest.raises(InfraError, match="Java 17 or newer is needed"):
-        node.up()
+    with reserved_ports(2) as (port, controller):
+        node = KafkaNode(
+            state_dir=tmp_path, cache_dir=tmp_path / "cache", port=port, controller_port=controller
+        )
+        with pytest.raises(InfraError, match="Java 17 or newer is needed"):
+            node.up()
+
+
+def test_a_reserved_port_is_refused_to_others_and_bound_by_its_server() -> None:
+    """What keeps a port between choosing it and starting the server that will listen on it."""
+    with reserved_ports(1) as (port,):
+        with socket.socket() as other, pytest.raises(OSError) as refused:
+            other.bind(("127.0.0.1", port))
+        assert refused.value.errno == errno.EADDRINUSE
+        assert not port_open(port), "nothing listens on a reservation"
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            assert port_open(port)
+        with socket.socket() as late, pytest.raises(OSError):
+            late.bind(("127.0.0.1", port))  # still held after the server stops, for a restart
+    with socket.socket() as after:
+        after.bind(("127.0.0.1", port))  # released with the block
