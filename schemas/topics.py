@@ -29,7 +29,17 @@ class KafkaSettings(BaseSettings):
             self.topic_purchases: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
             self.topic_commands: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
             self.topic_events: {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
-            self.topic_state: {"cleanup.policy": "compact"},
+            # About one record per live key: segments roll hourly or at 64 MiB (only closed ones
+            # are compacted), the cleaner runs once a tenth of the log is dirty, and tombstones
+            # stay a day (a local state copy older than that is rebuilt, not trusted).
+            self.topic_state: {
+                "cleanup.policy": "compact",
+                "segment.bytes": str(64 * 1024 * 1024),
+                "segment.ms": str(60 * 60 * 1000),
+                "min.cleanable.dirty.ratio": "0.1",
+                "delete.retention.ms": str(DAY_MS),
+                "min.compaction.lag.ms": "0",
+            },
             self.topic_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
             # Internal: the processor's answer to each API command, read by the ledger API.
             self.topic_replies: {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)},

@@ -102,7 +102,8 @@ def kept_secret(path: Path, make: Callable[[], str]) -> str:
 def _instances(env: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:
     """(name, component, environment) of every process: LOYALTY_PROCESSORS processors, one of the rest.
 
-    Processors on one host need instance names of their own: each is a transactional id.
+    Processors on one host need instance names of their own (each is a transactional id): a set
+    LOYALTY_PROCESSOR_INSTANCE gets a suffix per processor, or each claims a free slot itself.
     """
     settings = LedgerSettings()  # processor settings come from the environment, not from the stack
     found = []
@@ -111,12 +112,11 @@ def _instances(env: dict[str, str]) -> list[tuple[str, str, dict[str, str]]]:
             found.append((component, component, env))
             continue
         for index in range(settings.processors):
-            instance = (
-                settings.processor_instance
-                if settings.processors == 1
-                else f"{settings.processor_instance}-{index}"
-            )
-            found.append((f"processor-{index}", component, {**env, "LOYALTY_PROCESSOR_INSTANCE": instance}))
+            child_env = dict(env)
+            if settings.processor_instance:
+                suffix = "" if settings.processors == 1 else f"-{index}"
+                child_env["LOYALTY_PROCESSOR_INSTANCE"] = f"{settings.processor_instance}{suffix}"
+            found.append((f"processor-{index}", component, child_env))
     return found
 
 

@@ -1,9 +1,14 @@
 """The single-writer loop: consume commands, decide, commit events + state + offsets atomically.
 
-Each poll is one Kafka transaction holding the batch's events, the changed accounts on the
-compacted changelog, replies to the API, dead letters and re-routed records, and the consumed
-input offsets. The offsets are sent with the consumer's group metadata, so a stale instance
-that lost its partitions is fenced by the broker instead of committing twice.
+Each poll is one Kafka transaction holding the batch's events, the records of the accounts it
+changed on the compacted changelog (with how far each input partition was consumed), replies
+to the API, dead letters and re-routed records, and the consumed input offsets. The offsets are
+sent with the consumer's group metadata, so a stale instance that lost its partitions is fenced
+by the broker instead of committing twice.
+
+A newly assigned partition is paused until its state is restored (`restore.Restore`, in this
+loop, between polls); a transaction that fails leaves every partition to be restored again, so
+that nothing decided in it survives in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError, ProducerFencedError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from schemas.events import CommandRejected, Event, EventData
@@ -33,13 +39,16 @@ from services.ledger.command_messages import (
     parse_command_record,
     parse_inbound_record,
 )
-from services.ledger.domain.account import Account, account_to_json
+from services.ledger.domain.account import Account
 from services.ledger.domain.chain import seal_with_bytes
 from services.ledger.domain.commands import AdvanceClock, Command, RecordRules
 from services.ledger.domain.decide import decide, original_command
 from services.ledger.domain.errors import LedgerError, UnknownMember
+from services.ledger.instance import claim_instance
 from services.ledger.partitioning import partition_for
+from services.ledger.restore import Restore
 from services.ledger.settings import LedgerSettings
+from services.ledger.state_records import Change, input_key
 from services.ledger.state_store import StateStore
 from services.ledger.topics import ensure_topics
 
@@ -50,20 +59,16 @@ PROGRAM_STREAM = "$program"
 
 
 class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs where the group's heartbeats are sent: it only notes the change, the loop does the work."""
+
     def __init__(self, processor: Processor) -> None:
         self._processor = processor
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        self._processor.store.drop({tp.partition for tp in revoked})
-        self._processor.rules_unchecked = False
+        self._processor.revoked({tp.partition for tp in revoked})
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        partitions = {tp.partition for tp in assigned}
-        self._processor.store.restore(partitions)
-        collector.freeze_survivors()
-        self._processor.rules_unchecked = (
-            partition_for(PROGRAM_STREAM, self._processor.partitions) in partitions
-        )
+        self._processor.assigned({tp.partition for tp in assigned})
 
 
 class _Batch:
@@ -78,16 +83,16 @@ class _Batch:
         return known[1] if known else self._store.get(partition, member_id)
 
     def due(self, partition: int, now: datetime) -> list[str]:
-        members = self._store.due(partition, now) | {
-            member for member, (p, account) in self.changed.items() if p == partition
-        }
-        return sorted(
+        members = dict.fromkeys(self._store.due(partition, now))
+        members.update((member, None) for member, (p, _) in self.changed.items() if p == partition)
+        return [
             m for m in members if (due := self.account(partition, m).next_due()) is not None and due <= now
-        )
+        ]
 
 
 class Processor:
     def __init__(self, settings: LedgerSettings, rules: ProgramRules) -> None:
+        settings, self._instance_lock = claim_instance(settings)
         self._settings = settings
         self._rules = rules
         self.store = StateStore(settings)
@@ -123,15 +128,16 @@ class Processor:
             settings.topic_purchases: parse_inbound_record,
             settings.topic_commands: parse_command_record,
         }
+        self._restore = Restore(settings, self.store, self._committed_offsets)
+
+    @property
+    def ready(self) -> bool:
+        """Owns partitions and has restored every one of them."""
+        return bool(self.store.owned()) and not self._restore.pending
 
     def run(self, stop: threading.Event) -> None:
         ensure_topics(self._settings)
-        # Known topic metadata before joining: a group leader without it assigns nothing, and
-        # kafka-python would only notice at the next metadata refresh.
-        counts = {len(self._consumer.partitions_for_topic(topic) or ()) for topic in self._parsers}
-        if len(counts) != 1:
-            raise RuntimeError(f"the input topics must have the same partition count, not {sorted(counts)}")
-        self.partitions = counts.pop() or self._settings.partitions
+        self.partitions = self._partition_count()
         self._producer.init_transactions()
         self._consumer.subscribe(list(self._parsers), listener=_Ownership(self))
         log.info("processor started", extra={"transactional_id": self._settings.transactional_id})
@@ -140,45 +146,116 @@ class Processor:
                 with collector.paused():
                     self._step()
         finally:
+            self._restore.close()
             self._consumer.close()
             self._producer.close()
+            self.store.close(self.store.owned() | self.store.parked())
+            if self._instance_lock is not None:
+                self._instance_lock.close()
             log.info("processor stopped")
 
+    def _partition_count(self) -> int:
+        """The partition count of every co-partitioned topic, which must be the same.
+
+        Known topic metadata before joining also matters: a group leader without it assigns
+        nothing, and kafka-python would only notice at the next metadata refresh.
+        """
+        s = self._settings
+        topics = [*self._parsers, s.topic_events, s.topic_state, s.topic_replies]
+        counts = {topic: len(self._consumer.partitions_for_topic(topic) or ()) for topic in topics}
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"co-partitioned topics must have the same partition count, not {counts}")
+        return counts[s.topic_purchases] or s.partitions
+
+    def revoked(self, partitions: set[int]) -> None:
+        self.store.park(partitions)
+        self._restore.remove(partitions)
+        self.rules_unchecked = False
+
+    def assigned(self, partitions: set[int]) -> None:
+        self.store.close(self.store.parked() - partitions)
+        self.store.park(partitions)
+        self._consumer.pause(*self._inputs(partitions))
+        self._restore.add(partitions)
+        log.info("partitions assigned", extra={"partitions": sorted(partitions)})
+
+    def _inputs(self, partitions: set[int]) -> list[TopicPartition]:
+        return [TopicPartition(topic, p) for topic in self._parsers for p in sorted(partitions)]
+
+    def _committed_offsets(self, partition: int) -> dict[str, int] | None:
+        """The group's committed offsets of the partition's inputs, once stable; None if not yet."""
+        found = {}
+        try:
+            for tp in self._inputs({partition}):
+                offset = self._consumer.committed(tp, timeout_ms=1000)
+                if offset is not None:
+                    found[tp.topic] = offset
+        except KafkaError as error:  # an earlier owner's transaction still open, or no coordinator
+            log.info("committed offsets not known yet", extra={"partition": partition, "error": str(error)})
+            return None
+        return found
+
     def _step(self) -> None:
-        batch = self._consumer.poll(timeout_ms=200, max_records=self._settings.processor_batch_max)
+        if self._restore.pending:
+            for partition, offsets in self._restore.step(budget_s=0.5).items():
+                self._resume(partition, offsets)
+        waiting = self._restore.pending
+        batch = self._consumer.poll(
+            timeout_ms=0 if waiting else 200, max_records=self._settings.processor_batch_max
+        )
         if batch or self.rules_unchecked:
             self._commit(batch)
 
+    def _resume(self, partition: int, offsets: dict[str, int] | None) -> None:
+        """The partition's state is restored: read its inputs from the committed offsets."""
+        tps = self._inputs({partition})
+        for tp in tps:
+            if offsets and tp.topic in offsets:
+                self._consumer.seek(tp, offsets[tp.topic])
+        self._consumer.resume(*tps)
+        if partition == partition_for(PROGRAM_STREAM, self.partitions):
+            self.rules_unchecked = True
+
     def _commit(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()
+        owned = self.store.owned()
+        records = {tp: rs for tp, rs in records.items() if tp.partition in owned}
         batch = _Batch(self.store)
         self._producer.begin_transaction()
         try:
+            consumed = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
             if self.rules_unchecked:
                 self._record_rules(batch)
+                # Sent with the group's metadata, so that a stale instance cannot commit it either.
+                program = partition_for(PROGRAM_STREAM, self.partitions)
+                for tp in self._inputs({program}):
+                    consumed.setdefault(tp, OffsetAndMetadata(self._consumer.position(tp), "", -1))
             for partition_records in records.values():
                 for record in partition_records:
                     self._handle(record, batch)
-            for partition, account in batch.changed.values():
-                self._send(self._settings.topic_state, partition, account.member_id, account_to_json(account))
+            state = self._state_changes(batch, consumed)
+            written = {
+                partition: [
+                    self._send(self._settings.topic_state, partition, key, value) for key, value in changes
+                ][-1]
+                for partition, changes in state.items()
+            }
             decided = time.perf_counter()
-            if records:
-                offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
-                self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            if consumed:
+                self._producer.send_offsets_to_transaction(consumed, self._consumer.group_metadata())
             offsets_sent = time.perf_counter()
             self._producer.commit_transaction()
         except ProducerFencedError:
             log.error("fenced by a newer instance; stopping")
             raise
         except KafkaError:
-            log.exception("transaction failed; the batch will be read again")
-            self._producer.abort_transaction()
-            for tp, partition_records in records.items():
-                self._consumer.seek(tp, partition_records[0].offset)
+            log.exception("transaction failed; restoring the state and reading the batch again")
+            self._abort()
             return
         self.rules_unchecked = False
-        for partition, account in batch.changed.values():
-            self.store.put(partition, account)
+        for partition, changes in state.items():
+            accounts = [account for p, account in batch.changed.values() if p == partition]
+            self.store.committed(partition, changes, accounts, written[partition].get().offset + 1)
         log.debug(
             "batch committed",
             extra={
@@ -189,6 +266,32 @@ class Processor:
                 "commit_ms": round((time.perf_counter() - offsets_sent) * 1000, 2),
             },
         )
+
+    def _state_changes(
+        self, batch: _Batch, consumed: dict[TopicPartition, OffsetAndMetadata]
+    ) -> dict[int, list[Change]]:
+        """The changelog records of the batch: what changed in each account, and how far it read."""
+        state: dict[int, list[Change]] = {}
+        for partition, account in batch.changed.values():
+            before = self.store.get(partition, account.member_id)
+            state.setdefault(partition, []).extend(self.store.changes(partition, before, account))
+        for tp, position in consumed.items():
+            state.setdefault(tp.partition, []).append((input_key(tp.topic), str(position.offset).encode()))
+        return state
+
+    def _abort(self) -> None:
+        """Roll back, and restore every owned partition: what is in memory may hold the batch's decisions.
+
+        The commit itself may have failed after the broker took it, so neither the cache nor the
+        position is trusted: the restore reads the changelog and the committed offsets again.
+        """
+        try:
+            self._producer.abort_transaction()
+        except KafkaError:
+            log.exception("abort failed")
+        partitions = self.store.owned()
+        self.revoked(partitions)
+        self.assigned(partitions)
 
     def _record_rules(self, batch: _Batch) -> None:
         """Record the rules in force in the program's stream when they differ from the last recorded."""
@@ -316,8 +419,8 @@ class Processor:
             self._settings.topic_replies, partition, command.member_id, reply.model_dump_json().encode()
         )
 
-    def _send(self, topic: str, partition: int, key: str, value: bytes) -> None:
-        self._producer.send(topic, key=key.encode(), value=value, partition=partition)
+    def _send(self, topic: str, partition: int, key: str, value: bytes | None) -> FutureRecordMetadata:
+        return self._producer.send(topic, key=key.encode(), value=value, partition=partition)
 
     def _dead_letter(self, record: ConsumerRecord, code: str, message: str) -> None:
         headers = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -15,8 +14,9 @@ class LedgerSettings(KafkaSettings, AccessSettings):
     ledger_host: str = "127.0.0.1"
     ledger_port: int = 8000
     processor_group: str = "loyalty-ledger"
-    # Stable across restarts of one instance, so a restart fences and aborts what it left open.
-    processor_instance: str = Field(default_factory=socket.gethostname)
+    # Stable across restarts of one instance, so a restart fences and aborts what it left open;
+    # unset, the processor takes the host name and the first free slot on it (ledger.instance).
+    processor_instance: str | None = None
     # Processor processes `loyalty run` starts; more instances split the partitions.
     processors: int = Field(default=1, ge=1, le=64)
     # Under a backlog, larger transactions carry fewer markers and fewer state records per input
@@ -30,7 +30,13 @@ class LedgerSettings(KafkaSettings, AccessSettings):
     # A TOML file of program rules; without one, the default program of the domain notes.
     rules_file: Path | None = None
     tick_interval_s: float = Field(default=60.0, gt=0)
+    # Where the processor keeps its local copy of the state (under processor/{transactional id}).
+    state_dir: Path = Path(".state")
+    # Accounts kept in memory per owned partition; the rest are read from the local copy.
+    processor_cached_members: int = Field(default=100_000, ge=1)
 
     @property
     def transactional_id(self) -> str:
+        if not self.processor_instance:
+            raise ValueError("the processor's instance is not named yet (ledger.instance.claim_instance)")
         return f"{self.processor_group}-{self.processor_instance}"

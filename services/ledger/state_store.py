@@ -1,99 +1,116 @@
-"""Accounts of the partitions this processor owns, restored from the compacted changelog.
+"""The accounts of the partitions this instance owns: a local copy per partition, in use ones cached.
 
-Besides the accounts, each partition keeps an index of when each member next has something
-for a clock tick to do, so that a tick touches only the members that are due.
+An account is read from the local copy the first time a batch needs it and kept in memory
+(least recently used go first past `processor_cached_members`). Both the cache and the local copy
+change only after the Kafka transaction that wrote the change has committed.
+
+A revoked partition is parked, not dropped: the eager rebalance protocol revokes every partition
+and gives most of them straight back, and a partition given back keeps its cache unless the
+restore found records another owner wrote meanwhile.
 """
 
 from __future__ import annotations
 
-import heapq
-import logging
-import time
+from collections import OrderedDict
 from datetime import datetime
+from pathlib import Path
 
-from kafka import TopicPartition
-
-from services.kafka_offsets import committed_reader
-from services.ledger.domain.account import Account, account_from_json
+from services.ledger import state_records
+from services.ledger.domain.account import Account
+from services.ledger.local_state import PartitionStore
 from services.ledger.settings import LedgerSettings
-
-log = logging.getLogger(__name__)
+from services.ledger.state_records import Change
 
 
 class StateStore:
     def __init__(self, settings: LedgerSettings) -> None:
-        self._settings = settings
-        self._accounts: dict[int, dict[str, Account]] = {}
-        self._due: dict[int, list[tuple[datetime, str]]] = {}
+        self._dir = settings.state_dir / "processor" / settings.transactional_id
+        self._topic = settings.topic_state
+        self._cache_limit = settings.processor_cached_members
+        self._local: dict[int, PartitionStore] = {}
+        self._cache: dict[int, OrderedDict[str, Account]] = {}
+        # Members restored from a whole-account record, whose next write is complete.
+        self._legacy: dict[int, set[str]] = {}
+        self._owned: set[int] = set()
 
-    def get(self, partition: int, member_id: str) -> Account:
-        return self._accounts[partition].get(member_id) or Account.new(member_id)
+    def local(self, partition: int) -> PartitionStore:
+        """The partition's local copy, opened (or created) on first use."""
+        if partition not in self._local:
+            self._local[partition] = PartitionStore(self._path(partition))
+            self._cache[partition] = OrderedDict()
+            self._legacy[partition] = set()
+        return self._local[partition]
 
-    def put(self, partition: int, account: Account) -> None:
-        self._accounts[partition][account.member_id] = account
-        due = account.next_due()
-        if due is not None:
-            heapq.heappush(self._due[partition], (due, account.member_id))
+    def _path(self, partition: int) -> Path:
+        return self._dir / f"{self._topic}-{partition}.sqlite"
 
-    def due(self, partition: int, now: datetime) -> set[str]:
-        """Members of the partition with something due at `now` (the index keeps them until put again)."""
-        heap = self._due.get(partition, [])
-        found = set()
-        while heap and heap[0][0] <= now:
-            due, member_id = heapq.heappop(heap)
-            if self._accounts[partition].get(member_id, Account.new(member_id)).next_due() == due:
-                found.add(member_id)
-        for member_id in found:  # back in, in case the tick's transaction does not commit
-            account = self._accounts[partition][member_id]
-            heapq.heappush(heap, (account.next_due() or now, member_id))
-        return found
+    def restored(self, partition: int, changed: bool) -> None:
+        """The partition's local copy is up to date: its accounts can be used."""
+        if changed:
+            self._cache[partition].clear()
+            self._legacy[partition].clear()
+        self._owned.add(partition)
 
     def owned(self) -> set[int]:
-        return set(self._accounts)
+        return set(self._owned)
 
-    def drop(self, partitions: set[int]) -> None:
+    def park(self, partitions: set[int]) -> None:
+        """Revoked: no longer used until restored again."""
+        self._owned -= partitions
+
+    def close(self, partitions: set[int]) -> None:
         for partition in partitions:
-            self._accounts.pop(partition, None)
-            self._due.pop(partition, None)
+            self._owned.discard(partition)
+            store = self._local.pop(partition, None)
+            if store is not None:
+                store.close()
+            self._cache.pop(partition, None)
+            self._legacy.pop(partition, None)
 
-    def restore(self, partitions: set[int]) -> None:
-        """Read each changelog partition from its start to its last stable offset."""
-        partitions = partitions - self.owned()
-        if not partitions:
-            return
-        started = time.monotonic()
-        topic = self._settings.topic_state
-        tps = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        consumer = committed_reader(self._settings.kafka_bootstrap, "loyalty-state-restore")
-        try:
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            end = consumer.end_offsets(tps)
-            restored: dict[int, dict[str, Account]] = {tp.partition: {} for tp in tps}
-            while any(consumer.position(tp) < end[tp] for tp in tps):
-                for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
-                    accounts = restored[tp.partition]
-                    for record in records:
-                        if record.value is None:
-                            accounts.pop(record.key.decode(), None)
-                        else:
-                            account = account_from_json(record.value)
-                            accounts[account.member_id] = account
-        finally:
-            consumer.close()
-        for partition, accounts in restored.items():
-            self._accounts[partition] = accounts
-            self._due[partition] = [
-                (due, member_id)
-                for member_id, account in accounts.items()
-                if (due := account.next_due()) is not None
-            ]
-            heapq.heapify(self._due[partition])
-        log.info(
-            "state restored",
-            extra={
-                "partitions": sorted(partitions),
-                "members": sum(len(restored[p]) for p in partitions),
-                "seconds": round(time.monotonic() - started, 3),
-            },
-        )
+    def parked(self) -> set[int]:
+        return set(self._local) - self._owned
+
+    def get(self, partition: int, member_id: str) -> Account:
+        cache = self._cache[partition]
+        account = cache.get(member_id)
+        if account is not None:
+            cache.move_to_end(member_id)
+            return account
+        rows = self._local[partition].member(member_id)
+        if any(key.split("/", 2)[1] == state_records.LEGACY for key, _ in rows):
+            self._legacy[partition].add(member_id)
+        account = state_records.assemble(member_id, rows)
+        self._remember(partition, account)
+        return account
+
+    def changes(self, partition: int, before: Account, after: Account) -> list[Change]:
+        """The changelog records that take the member from `before` to `after`."""
+        member_id = after.member_id
+        if member_id not in self._legacy[partition]:
+            return state_records.changes(before, after)
+        # Written completely, the account no longer needs its whole-account record.
+        return [
+            *state_records.changes(before, after, complete=True),
+            (state_records.key(member_id, state_records.LEGACY), None),
+            (member_id, None),
+        ]
+
+    def committed(
+        self, partition: int, changes: list[Change], accounts: list[Account], position: int
+    ) -> None:
+        """A transaction holding `changes` committed; the changelog holds them below `position`."""
+        self._local[partition].apply(changes, position)
+        for account in accounts:
+            self._legacy[partition].discard(account.member_id)
+            self._remember(partition, account)
+
+    def due(self, partition: int, now: datetime) -> list[str]:
+        """Members with something for a clock tick to do at `now`, soonest first."""
+        return self._local[partition].due(round(now.timestamp() * 1_000_000))
+
+    def _remember(self, partition: int, account: Account) -> None:
+        cache = self._cache[partition]
+        cache[account.member_id] = account
+        cache.move_to_end(account.member_id)
+        while len(cache) > self._cache_limit:
+            cache.popitem(last=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from schemas.topics import KafkaSettings
@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def ensure_topics(settings: KafkaSettings) -> None:
-    """Create the missing topics; existing ones are left as they are."""
+    """Create the missing topics; of existing ones, only the changelog's compaction is brought in line.
+
+    The changelog's settings decide how much a restore from scratch reads, so a changelog created
+    by an earlier version gets them too; the other topics' retention is the operator's to tune.
+    """
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="loyalty-topics")
     try:
         existing = set(admin.list_topics())
@@ -27,5 +31,8 @@ def ensure_topics(settings: KafkaSettings) -> None:
             with contextlib.suppress(TopicAlreadyExistsError):  # another instance was quicker
                 admin.create_topics(missing)
             log.info("topics created", extra={"topics": [topic.name for topic in missing]})
+        if settings.topic_state in existing:
+            compaction = settings.topic_configs()[settings.topic_state]
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_state, compaction)])
     finally:
         admin.close()

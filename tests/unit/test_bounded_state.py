@@ -1,4 +1,5 @@
-"""A member's state stays bounded: purchases past every window are forgotten, and refused."""
+"""A member's state stays bounded: purchases past every window are forgotten, and refused; no
+state record grows with the member's history."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from datetime import timedelta
 import pytest
 
 from schemas.rules import ProgramRules
+from services.ledger import state_records
+from services.ledger.domain.account import Account
+from services.ledger.domain.commands import Command, RecordPurchase
 from services.ledger.domain.decide import decide
 from services.ledger.domain.errors import PurchaseTooOld, UnknownPurchase
-from tests.unit.ledger_fixtures import T0, at, given, purchase, refund
+from tests.unit.ledger_fixtures import MEMBER, T0, apply, at, given, purchase, redeem, refund, tick
 
 RULES = ProgramRules()
 
@@ -34,3 +38,29 @@ def test_purchases_the_pending_tier_evaluation_needs_are_kept() -> None:
     # Silver at T0, evaluated at T0 + 12 months; a purchase after that date arrives before its tick.
     account = given(purchase("o-1", 200_000, when=T0), purchase("o-2", 100, when=T0 + timedelta(days=400)))
     assert "o-1" in account.purchases
+
+
+def test_no_state_record_grows_with_a_member_s_history() -> None:
+    """10,000 purchases, a day apart, spent every ten days, with monthly ticks: each command
+    writes a few small records, however long the history."""
+    account = Account.new(MEMBER)
+    largest, written_by_purchases = 0, 0
+    for n in range(10_000):
+        when = T0 + timedelta(days=n)
+        commands: list[Command] = [purchase(f"o-{n}", 20_000 + n % 7_000, when=when)]
+        if n % 10 == 9:
+            commands.append(redeem(f"r-{n}", 1_500, when=when))
+        if n % 30 == 0:
+            commands.append(tick(when))
+        for command in commands:
+            after, _, _ = apply(account, command)
+            written = state_records.changes(account, after)
+            largest = max([largest, *(len(key) + len(value or b"") for key, value in written)])
+            if isinstance(command, RecordPurchase):
+                written_by_purchases += len(written)
+            account = after
+    assert account.sequence > 20_000 and len(account.purchases) >= 365, "a long history, a year of it held"
+    assert largest < 1_000, f"the largest record is {largest} bytes"
+    assert written_by_purchases / 10_000 <= 6, (
+        "a purchase writes its summary, purchase, lot, outcome, and what went"
+    )

@@ -14,7 +14,8 @@ from schemas.canonical import GENESIS_HASH
 from schemas.events import Event, EventData
 from schemas.money import from_minor
 from schemas.rules import CategoryBonus, ProgramRules
-from services.ledger.domain.account import Account, account_from_json, account_to_json, evolve
+from services.ledger import state_records
+from services.ledger.domain.account import Account, evolve
 from services.ledger.domain.chain import seal, seal_with_bytes
 from services.ledger.domain.commands import Command, RefundPurchase
 from services.ledger.domain.decide import decide
@@ -29,6 +30,7 @@ from services.ledger.domain.errors import (
 from services.ledger.domain.lots import oldest_first
 from tests.unit import ledger_fixtures as make
 from tests.unit.ledger_fixtures import MEMBER, T0
+from tests.unit.legacy_state import second_layout
 
 RULE_SETS = [
     ProgramRules(),
@@ -59,6 +61,7 @@ class Member:
         self.rules = rules
         self.account = Account.new(MEMBER)
         self.log: list[Event] = []
+        self.records: dict[str, bytes | None] = {}
         self.applied: list[Command] = []
         self.now = T0
 
@@ -71,6 +74,8 @@ class Member:
         assert decide(after, command, self.rules) == [], "a command is decided once"
         if not isinstance(command, RefundPurchase):
             assert after.debt <= before.debt, "only a reversal puts the balance into debt"
+        self.records.update(state_records.changes(before, after))
+        assert state_records.assemble(MEMBER, _live(self.records)) == after, "the records say what changed"
         self.account = after
         self.log.extend(events)
         if decided:
@@ -184,11 +189,14 @@ def check_log(log: list[Event], account: Account) -> None:
     assert all(event.hash_is_valid() for event in log)
     assert len({event.event_id for event in log}) == len(log)
     assert reduce(evolve, log, Account.new(MEMBER)) == account
-    stored = account_to_json(account)
-    assert account_from_json(stored) == account
-    assert account_to_json(account_from_json(stored)) == stored, "a restored account is written the same"
-    first_layout = TypeAdapter(Account).dump_json(account)  # state records written before format 2
-    assert account_from_json(first_layout) == account
+    assert state_records.assemble(MEMBER, state_records.records(account).items()) == account
+    first_layout = TypeAdapter(Account).dump_json(account)  # whole-account records of earlier versions
+    assert state_records.legacy_account(first_layout) == account
+    assert state_records.legacy_account(second_layout(account)) == account
+
+
+def _live(records: dict[str, bytes | None]) -> list[tuple[str, bytes]]:
+    return [(key, value) for key, value in sorted(records.items()) if value is not None]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,6 +28,11 @@ def oldest_first(lots: Iterable[Lot]) -> tuple[Lot, ...]:
     return tuple(sorted(lots, key=lambda lot: (lot.expires_at, lot.lot_id)))
 
 
+def by_maturity(lots: Iterable[PendingLot]) -> tuple[PendingLot, ...]:
+    """Pending lots in the order they mature: one order however the account was put together."""
+    return tuple(sorted(lots, key=lambda lot: (lot.matures_at, lot.lot_id)))
+
+
 def take_oldest(lots: tuple[Lot, ...], points: int) -> tuple[LotPoints, ...]:
     """Which lots `points` come out of, soonest to expire first; the caller has checked there is enough."""
     takes = []
@@ -44,7 +49,9 @@ def remove(lots: tuple[Lot, ...], takes: Iterable[LotPoints]) -> tuple[Lot, ...]
     taken: dict[str, int] = {}
     for take in takes:
         taken[take.lot_id] = taken.get(take.lot_id, 0) + take.points
-    kept = (replace(lot, points=lot.points - taken.get(lot.lot_id, 0)) for lot in lots)
+    kept = (
+        replace(lot, points=lot.points - taken[lot.lot_id]) if lot.lot_id in taken else lot for lot in lots
+    )
     return tuple(lot for lot in kept if lot.points > 0)
 
 
