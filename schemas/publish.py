@@ -191,11 +191,21 @@ MESSAGES = {
     "event": _message("event", "One ledger event.", {"$ref": "./json/event.schema.json"}, ANY_KEY),
     "memberState": _message(
         "memberState",
-        "A member's account, as the processor restores it.",
-        {"type": ["object", "null"]},
+        "One piece of a member's account, as the processor restores it.",
+        {"type": ["object", "array", "integer", "string", "null"]},
         ANY_KEY,
-        description="The whole account after the transaction that changed it; a null value "
-        "(tombstone) removes the member. Internal to the ledger processor: no contract for others.",
+        description="Keyed `{member_id}/{kind}/{item}`: the member's summary and one record per "
+        "remembered purchase, lot, business id and command outcome, written when it changes; a null "
+        "value (tombstone) removes it. Keys `/input/{topic}` record how far the transaction read "
+        "that input partition. Internal to the ledger processor: no contract for others.",
+    ),
+    "processorStatus": _message(
+        "processorStatus",
+        "A processor owns a partition and has restored its state.",
+        {"type": "object", "required": ["member_id", "generation", "instance"]},
+        {"type": "string", "description": "the partition number"},
+        description="{member_id, generation, instance}: the group member that announced it; "
+        "internal to the ledger (services/ledger/ownership.py).",
     ),
     "deadLetter": _message(
         "deadLetter",
@@ -227,6 +237,11 @@ CHANNELS = {
     "commands": ("topic_commands", "Commands from the ledger API and clock ticks.", ["command"]),
     "events": ("topic_events", "The ledger: the source of truth, kept forever.", ["event"]),
     "ledgerState": ("topic_state", "Compacted changelog of member accounts.", ["memberState"]),
+    "processorStatus": (
+        "topic_status",
+        "Which processor has restored each partition.",
+        ["processorStatus"],
+    ),
     "deadLetters": ("topic_dlq", "Input records that failed validation or processing.", ["deadLetter"]),
     "commandReplies": ("topic_replies", "The processor's answer to each API command.", ["commandReply"]),
 }
@@ -246,6 +261,8 @@ OPERATIONS = [
     ("ledgerProcessor", "receive", "ledgerState", "Restore the accounts of assigned partitions."),
     ("ledgerProcessor", "send", "deadLetters", "Set aside a record that cannot be decided."),
     ("ledgerProcessor", "send", "commandReplies", "Answer API commands, in the same transaction."),
+    ("ledgerProcessor", "send", "processorStatus", "Announce a partition once its state is restored."),
+    ("ledgerApi", "receive", "processorStatus", "Ready once every partition is owned and restored."),
     ("projector", "receive", "events", "Build the read models (read_committed)."),
     ("auditors", "receive", "events", "Replay, verify the hash chains, explain a history."),
 ]

@@ -22,6 +22,7 @@ class KafkaSettings(BaseSettings):
     topic_state: str = "loyalty.ledger-state.v1"
     topic_dlq: str = "loyalty.purchases.dlq.v1"
     topic_replies: str = "loyalty.command-replies.v1"
+    topic_status: str = "loyalty.processor-status.v1"
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Every topic with the configs of DESIGN.md."""
@@ -43,4 +44,6 @@ class KafkaSettings(BaseSettings):
             self.topic_dlq: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
             # Internal: the processor's answer to each API command, read by the ledger API.
             self.topic_replies: {"cleanup.policy": "delete", "retention.ms": str(DAY_MS)},
+            # Internal: which processor has restored each partition, read by the ledger API.
+            self.topic_status: {"cleanup.policy": "compact"},
         }

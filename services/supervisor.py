@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,11 +63,13 @@ def run_all() -> int:
     }
     ledger = f"http://{env.get('LOYALTY_LEDGER_HOST', '127.0.0.1')}:{env.get('LOYALTY_LEDGER_PORT', '8000')}"
     read = f"http://{env.get('LOYALTY_READ_HOST', '127.0.0.1')}:{env.get('LOYALTY_READ_PORT', '8001')}"
-    print(f"ledger API: {ledger}  (docs: {ledger}/docs)", flush=True)
-    print(f"read API:   {read}  (docs: {read}/docs)", flush=True)
-    print("Ctrl-C stops everything.", flush=True)
+    print("starting: waiting until both APIs are ready (the processor has restored its state)", flush=True)
+    failed = _wait_ready(children, [ledger, read], stop)
+    if failed is None and not stop.is_set():
+        print(f"ledger API: {ledger}  (docs: {ledger}/docs)", flush=True)
+        print(f"read API:   {read}  (docs: {read}/docs)", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
 
-    failed = None
     while not stop.is_set() and failed is None:
         failed = next((name for name, child in children.items() if child.poll() is not None), None)
         stop.wait(0.5)
@@ -87,6 +91,26 @@ def run_all() -> int:
         return 1
     print("stopped", flush=True)
     return 0
+
+
+def _wait_ready(
+    children: dict[str, subprocess.Popen[bytes]], bases: list[str], stop: threading.Event
+) -> str | None:
+    """Wait until every API's /readyz answers 200; the name of a child that exited meanwhile, if any."""
+    while not stop.is_set():
+        failed = next((name for name, child in children.items() if child.poll() is not None), None)
+        if failed is not None or all(_ready(base) for base in bases):
+            return failed
+        stop.wait(0.5)
+    return None
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def kept_secret(path: Path, make: Callable[[], str]) -> str:

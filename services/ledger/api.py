@@ -39,6 +39,7 @@ from services.ledger.command_messages import (
 )
 from services.ledger.domain import errors
 from services.ledger.domain.ids import derived_id
+from services.ledger.ownership import Ownership
 from services.ledger.replies import ReplyTracker
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
@@ -140,6 +141,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             max_block_ms=2000,
         )
         app.state.offsets = committed_reader(settings.kafka_bootstrap, "loyalty-ledger-api")
+        app.state.ownership = Ownership(settings)
         app.state.replies = ReplyTracker(settings)
         app.state.replies.start()
         collector.freeze_survivors()
@@ -147,6 +149,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             yield
         finally:
             app.state.replies.stop()
+            app.state.ownership.close()
             app.state.offsets.close()
             app.state.producer.close()
             await guard.close()
@@ -341,13 +344,21 @@ def create_app(settings: LedgerSettings) -> FastAPI:
 
     @app.get("/readyz", response_model=Health)
     def readyz(request: Request) -> Health:
-        """Ready when the Kafka cluster answers and the command topic exists."""
+        """Ready when every partition is owned by a ledger processor that has restored its state."""
         try:
             found = end_offsets(request.app.state.offsets, settings.topic_commands)
+            unready = request.app.state.ownership.unready() if found else []
         except KafkaError as error:
             raise Problem(503, "not_ready", "Kafka is not reachable", str(error)) from None
         if not found:
             raise Problem(503, "not_ready", "The command topic does not exist yet")
+        if unready:
+            raise Problem(
+                503,
+                "not_ready",
+                "The ledger processor has not restored every partition",
+                f"partitions not yet owned and restored: {unready}",
+            )
         return Health(status="ready")
 
     return app

@@ -45,6 +45,7 @@ from services.ledger.domain.commands import AdvanceClock, Command, RecordRules
 from services.ledger.domain.decide import decide, original_command
 from services.ledger.domain.errors import LedgerError, UnknownMember
 from services.ledger.instance import claim_instance
+from services.ledger.ownership import announcement
 from services.ledger.partitioning import partition_for
 from services.ledger.restore import Restore
 from services.ledger.settings import LedgerSettings
@@ -129,6 +130,8 @@ class Processor:
             settings.topic_commands: parse_command_record,
         }
         self._restore = Restore(settings, self.store, self._committed_offsets)
+        # Restored partitions whose ownership is still to be announced (services.ledger.ownership).
+        self._unannounced: set[int] = set()
 
     @property
     def ready(self) -> bool:
@@ -161,7 +164,7 @@ class Processor:
         nothing, and kafka-python would only notice at the next metadata refresh.
         """
         s = self._settings
-        topics = [*self._parsers, s.topic_events, s.topic_state, s.topic_replies]
+        topics = [*self._parsers, s.topic_events, s.topic_state, s.topic_replies, s.topic_status]
         counts = {topic: len(self._consumer.partitions_for_topic(topic) or ()) for topic in topics}
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"co-partitioned topics must have the same partition count, not {counts}")
@@ -170,6 +173,7 @@ class Processor:
     def revoked(self, partitions: set[int]) -> None:
         self.store.park(partitions)
         self._restore.remove(partitions)
+        self._unannounced -= partitions
         self.rules_unchecked = False
 
     def assigned(self, partitions: set[int]) -> None:
@@ -203,7 +207,7 @@ class Processor:
         batch = self._consumer.poll(
             timeout_ms=0 if waiting else 200, max_records=self._settings.processor_batch_max
         )
-        if batch or self.rules_unchecked:
+        if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
 
     def _resume(self, partition: int, offsets: dict[str, int] | None) -> None:
@@ -213,6 +217,7 @@ class Processor:
             if offsets and tp.topic in offsets:
                 self._consumer.seek(tp, offsets[tp.topic])
         self._consumer.resume(*tps)
+        self._unannounced.add(partition)
         if partition == partition_for(PROGRAM_STREAM, self.partitions):
             self.rules_unchecked = True
 
@@ -226,10 +231,9 @@ class Processor:
             consumed = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
             if self.rules_unchecked:
                 self._record_rules(batch)
-                # Sent with the group's metadata, so that a stale instance cannot commit it either.
-                program = partition_for(PROGRAM_STREAM, self.partitions)
-                for tp in self._inputs({program}):
-                    consumed.setdefault(tp, OffsetAndMetadata(self._consumer.position(tp), "", -1))
+                self._fence({partition_for(PROGRAM_STREAM, self.partitions)}, consumed)
+            announced = self._announce()
+            self._fence(announced, consumed)
             for partition_records in records.values():
                 for record in partition_records:
                     self._handle(record, batch)
@@ -253,6 +257,7 @@ class Processor:
             self._abort()
             return
         self.rules_unchecked = False
+        self._unannounced -= announced
         for partition, changes in state.items():
             accounts = [account for p, account in batch.changed.values() if p == partition]
             self.store.committed(partition, changes, accounts, written[partition].get().offset + 1)
@@ -266,6 +271,20 @@ class Processor:
                 "commit_ms": round((time.perf_counter() - offsets_sent) * 1000, 2),
             },
         )
+
+    def _fence(self, partitions: set[int], consumed: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Send the partitions' offsets even when nothing was read from them: the group then
+        fences the transaction, and a stale instance cannot commit it."""
+        for tp in self._inputs(partitions):
+            consumed.setdefault(tp, OffsetAndMetadata(self._consumer.position(tp), "", -1))
+
+    def _announce(self) -> set[int]:
+        """Tell the ledger API that this member owns and has restored these partitions."""
+        group = self._consumer.group_metadata()
+        value = announcement(group.member_id, group.generation_id, self._settings.transactional_id)
+        for partition in self._unannounced:
+            self._send(self._settings.topic_status, partition, str(partition), value)
+        return set(self._unannounced)
 
     def _state_changes(
         self, batch: _Batch, consumed: dict[TopicPartition, OffsetAndMetadata]

@@ -55,7 +55,7 @@ def await_events(
 
 
 def read_all(bootstrap: str, topic: str, committed: bool = True) -> list[ConsumerRecord]:
-    """Every record of the topic up to its current end."""
+    """Every record of the topic up to its current end (its last stable offset, when committed)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -70,8 +70,9 @@ def read_all(bootstrap: str, topic: str, committed: bool = True) -> list[Consume
         end = consumer.end_offsets(tps)
         found: list[ConsumerRecord] = []
         while any(consumer.position(tp) < end[tp] for tp in tps):
-            for records in consumer.poll(timeout_ms=500).values():
-                found.extend(records)
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                # Not past the end: a later transaction's records may have come in part.
+                found.extend(record for record in records if record.offset < end[tp])
         return sorted(found, key=lambda r: (r.partition, r.offset))
     finally:
         consumer.close()

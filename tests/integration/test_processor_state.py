@@ -1,0 +1,137 @@
+"""The processor's state across restarts and moves: local store, restore, readiness, on real Kafka."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi.testclient import TestClient
+
+from schemas.rules import ProgramRules
+from services.ledger.api import create_app
+from services.ledger.processor import Processor
+from tests.conftest import Isolated, Running
+from tests.integration.kafka_io import purchase
+from tests.integration.serving import serve, spawn
+from tests.integration.test_processor_guarantees import all_events, assert_chains_intact, publish_purchases
+from tests.waiting import eventually
+
+
+def log_lines(log: Path, message: str) -> list[dict[str, Any]]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [entry for line in lines if line.startswith("{") and (entry := json.loads(line))["msg"] == message]
+
+
+def recorded(isolated: Isolated) -> int:
+    return sum(e["type"] == "PurchaseRecorded" for e in all_events(isolated))
+
+
+def test_the_ledger_api_is_ready_once_the_processor_has_restored_and_answers_at_once(
+    isolated: Isolated, running: Running
+) -> None:
+    with TestClient(create_app(isolated.ledger()), headers=isolated.headers) as ledger:
+        waiting = ledger.get("/readyz")
+        assert waiting.status_code == 503, "no processor owns the partitions yet"
+        assert "not yet owned and restored" in waiting.json()["detail"]
+        running.start(Processor(isolated.ledger(), ProgramRules()).run)
+        eventually(lambda: ledger.get("/readyz").status_code == 200, timeout_s=60, what="ready")
+        started = time.monotonic()
+        response = ledger.post("/v1/purchases", json=purchase("m-1", "o-1", "12.00"))
+        assert response.status_code == 201, response.text
+        assert time.monotonic() - started < 3, "decided within its normal latency"
+
+
+def test_a_restart_reads_only_the_tail_and_a_lost_local_store_is_rebuilt(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    env = {**isolated.env, "LOYALTY_STATE_DIR": str(tmp_path / "state")}
+    publish_purchases(isolated, 2_000, members=200)
+    logs = [tmp_path / f"run-{n}.log" for n in range(3)]
+
+    def run(log: Path, until: int) -> list[dict[str, Any]]:
+        process = spawn("processor", env, log)
+        try:
+            eventually(lambda: recorded(isolated) >= until, timeout_s=90, what=f"{until} purchases")
+            eventually(lambda: len(log_lines(log, "partition restored")) == 4, what="restored")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        return log_lines(log, "partition restored")
+
+    first = run(logs[0], 2_000)
+    assert sum(entry["records"] for entry in first) == 0, "a fresh changelog has nothing to restore"
+
+    publish_purchases(isolated, 500, members=200, prefix="second")
+    second = run(logs[1], 2_500)
+    assert all(entry["records"] <= 1 for entry in second), "the local store had all but the last marker"
+
+    shutil.rmtree(tmp_path / "state" / "processor")
+    publish_purchases(isolated, 500, members=200, prefix="third")
+    third = run(logs[2], 3_000)
+    assert sum(entry["records"] for entry in third) > 2_000, "everything read again from the changelog"
+
+    member_events = [e for e in all_events(isolated) if not e["member_id"].startswith("$")]
+    ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
+    assert len(ids) == len(set(ids)) == 3_000
+    assert sum(e["type"] == "MemberEnrolled" for e in member_events) == 200
+    assert_chains_intact(member_events)
+
+
+def test_partitions_move_between_two_processors_under_load_exactly_once(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    """A second processor joins and later leaves while purchases keep coming: each partition
+    moves twice, restored each time from the changelog (each instance has its own local store)."""
+    env = {
+        **isolated.env,
+        "LOYALTY_STATE_DIR": str(tmp_path / "state"),
+        "LOYALTY_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
+        "LOYALTY_PROCESSOR_BATCH_MAX": "200",
+    }
+    a = spawn("processor", {**env, "LOYALTY_PROCESSOR_INSTANCE": "a"}, tmp_path / "a.log")
+    b = None
+    try:
+        publish_purchases(isolated, 3_000, members=300, prefix="one")
+        eventually(lambda: recorded(isolated) >= 500, timeout_s=60, what="a under way")
+        b = spawn("processor", {**env, "LOYALTY_PROCESSOR_INSTANCE": "b"}, tmp_path / "b.log")
+        publish_purchases(isolated, 3_000, members=300, prefix="two")
+        eventually(lambda: log_lines(tmp_path / "b.log", "partition restored"), timeout_s=60, what="b owns")
+        b.send_signal(signal.SIGTERM)
+        b.wait(timeout=30)
+        publish_purchases(isolated, 3_000, members=300, prefix="three")
+        eventually(lambda: recorded(isolated) >= 9_000, timeout_s=120, what="every purchase")
+    finally:
+        for process in (a, b):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+    member_events = [e for e in all_events(isolated) if not e["member_id"].startswith("$")]
+    ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
+    assert len(ids) == len(set(ids)) == 9_000
+    earned = sum(e["data"]["points"] for e in member_events if e["type"] == "PointsEarned")
+    assert earned == 3 * sum(1 + index % 50 for index in range(3_000))
+    assert_chains_intact(member_events)
+    assert len(log_lines(tmp_path / "a.log", "partitions assigned")) >= 3, (
+        "a gave partitions up and got them back"
+    )
+
+
+def test_readiness_is_lost_while_no_processor_owns_the_partitions(isolated: Isolated, tmp_path: Path) -> None:
+    env = {
+        **isolated.env,
+        "LOYALTY_STATE_DIR": str(tmp_path / "state"),
+        "LOYALTY_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
+    }
+    with serve(create_app(isolated.ledger())) as base:
+        processor = spawn("processor", env, tmp_path / "p.log")
+        try:
+            eventually(lambda: httpx.get(f"{base}/readyz").status_code == 200, timeout_s=60, what="ready")
+        finally:
+            processor.send_signal(signal.SIGKILL)
+            processor.wait()
+        eventually(lambda: httpx.get(f"{base}/readyz").status_code == 503, timeout_s=30, what="not ready")
