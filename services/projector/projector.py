@@ -7,6 +7,7 @@ offsets are never used, so a crash between the two stores cannot skip or repeat 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -102,23 +103,35 @@ class OpenBatch:
         store.write(self._conn, self.folded, self._topic, self._read, started)
 
 
+Batch = dict[TopicPartition, list[ConsumerRecord]]
+
+# Waits between attempts to reach Postgres again after a failure; the last one repeats.
+RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
 class _SeekToCheckpoint(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs inside a poll: revoked (or lost) partitions are forgotten, assigned ones resumed."""
+
     def __init__(self, projector: Projector) -> None:
         self._projector = projector
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        pass
+        self._projector.forget(list(revoked))
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._projector.seek_to_checkpoints(list(assigned))
+        self._projector.resume(list(assigned))
 
 
 class Projector:
     def __init__(self, settings: ProjectorSettings) -> None:
         self._settings = settings
-        self._conn = psycopg.connect(settings.database_url, options=schema_options(settings.read_schema))
+        self._conn = self._connect()
         # Next offset per assigned partition, as last written to the checkpoints.
         self._applied: dict[int, int] = {}
+        # The batch being read, by partition (see _next_batch).
+        self._reading: Batch = {}
+        # Set when Postgres failed: the consumer may be ahead of the checkpoints until _resync.
+        self._unsynced = False
         keep_rejoin_requested()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -135,6 +148,30 @@ class Projector:
             metadata_max_age_ms=30_000,
         )
 
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(
+            self._settings.database_url, options=schema_options(self._settings.read_schema)
+        )
+
+    def forget(self, revoked: list[TopicPartition]) -> None:
+        """Drop what was read of partitions another instance may own by now, unapplied."""
+        for tp in revoked:
+            self._reading.pop(tp, None)
+            self._applied.pop(tp.partition, None)
+
+    def resume(self, assigned: list[TopicPartition]) -> None:
+        """Read assigned partitions from their checkpoints; what was read of them before is dropped.
+
+        Called inside a poll, where an error would fail the poll: if Postgres cannot say where
+        to resume, the next step retries until it can, and nothing is applied before.
+        """
+        self.forget(assigned)
+        try:
+            self.seek_to_checkpoints(assigned)
+        except psycopg.OperationalError as error:
+            log.warning("checkpoints unreadable; resuming once postgres is back", extra={"error": str(error)})
+            self._unsynced = True
+
     def seek_to_checkpoints(self, assigned: list[TopicPartition]) -> None:
         with self._conn.transaction():
             found = store.checkpoints(
@@ -146,7 +183,9 @@ class Projector:
             else:
                 self._consumer.seek_to_beginning(tp)
             self._applied[tp.partition] = found.get(tp.partition, 0)
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+        log.info(
+            "reading from the checkpoints", extra={"partitions": sorted(tp.partition for tp in assigned)}
+        )
 
     def run(self, stop: threading.Event) -> None:
         # Known topic metadata before joining: a group leader without it assigns nothing, and
@@ -157,39 +196,77 @@ class Projector:
         try:
             while not stop.is_set():
                 with collector.paused():
-                    self._step()
+                    self._step(stop)
         finally:
             self._consumer.close()
             self._conn.close()
             log.info("projector stopped")
 
-    def _step(self) -> None:
+    def _step(self, stop: threading.Event) -> None:
+        if self._unsynced:
+            self._resync(stop)
+            return
         batch = self._next_batch()
-        if batch:
-            self.apply(batch)
-        else:
-            self._advance_past_markers()
+        if self._unsynced:
+            return  # a rebalance could not read the checkpoints: this was read from unknown positions
+        try:
+            if batch:
+                self.apply(batch)
+            else:
+                self._advance_past_markers()
+        except psycopg.OperationalError as error:
+            # The transaction rolled back, or committed unseen if the connection died in COMMIT:
+            # the checkpoints say which, so reading resumes from them, not from the consumer.
+            log.warning("postgres failed; resuming from the checkpoints", extra={"error": str(error)})
+            self._unsynced = True
 
-    def _next_batch(self) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def _resync(self, stop: threading.Event) -> None:
+        """Reconnect if need be, with backoff, and seek every owned partition to its checkpoint.
+
+        Nothing is polled meanwhile, so the consumer never runs ahead of what Postgres holds.
+        """
+        for attempt in itertools.count():
+            if stop.is_set():
+                return
+            try:
+                if self._conn.closed:
+                    self._conn = self._connect()
+                self.seek_to_checkpoints(list(self._consumer.assignment()))
+            except psycopg.OperationalError as error:
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                log.warning("postgres unavailable", extra={"error": str(error), "retry_in_s": delay})
+                stop.wait(delay)
+            else:
+                self._unsynced = False
+                return
+
+    def _next_batch(self) -> Batch:
         """Records of several polls, up to the batch bound in count and in time.
 
         Under a backlog this makes batches large (fewer, bigger transactions); when caught up,
-        the first empty poll ends the batch so that nothing waits for company.
+        the first empty poll ends the batch so that nothing waits for company. A rebalance in a
+        later poll drops what was read of the partitions it revokes or seeks (see `resume`), so
+        a batch holds only partitions still owned, read from where their checkpoints are.
         """
+        self._reading = {}
         limit = self._settings.projector_batch_max
-        batch: dict[TopicPartition, list[ConsumerRecord]] = self._consumer.poll(
-            timeout_ms=200, max_records=limit
-        )
-        count = sum(len(records) for records in batch.values())
+        self._read(200, limit)
         deadline = time.monotonic() + self._settings.projector_batch_wait_ms / 1000
-        while batch and count < limit and time.monotonic() < deadline:
-            more = self._consumer.poll(timeout_ms=10, max_records=limit - count)
-            if not more:
+        while self._reading and (count := self._count()) < limit and time.monotonic() < deadline:
+            if not self._read(10, limit - count):
                 break
-            for tp, records in more.items():
-                batch.setdefault(tp, []).extend(records)
-                count += len(records)
+        batch, self._reading = self._reading, {}
         return batch
+
+    def _read(self, timeout_ms: int, max_records: int) -> int:
+        """One poll into the batch being read; the number of records it brought."""
+        polled: Batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        for tp, records in polled.items():
+            self._reading.setdefault(tp, []).extend(records)
+        return sum(len(records) for records in polled.values())
+
+    def _count(self) -> int:
+        return sum(len(records) for records in self._reading.values())
 
     def _advance_past_markers(self) -> None:
         """Once idle, checkpoint past the transaction markers at the end of the log.
@@ -207,7 +284,7 @@ class Projector:
                 store.advance(self._conn, self._settings.topic_events, ahead)
             self._applied.update(ahead)
 
-    def apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    def apply(self, batch: Batch) -> None:
         started = time.monotonic()
         try:
             folded = apply_batch(self._conn, self._settings.topic_events, batch, started, self._applied)
@@ -215,7 +292,7 @@ class Projector:
             # Another writer (a rebuilt schema switched in, or the partition's new owner) moved on:
             # this batch is dropped and reading resumes from the checkpoints as they now are.
             log.warning("checkpoints moved; resuming from them", extra={"partitions": sorted(moved.stored)})
-            for tp in batch:
+            for tp in batch.keys() & self._consumer.assignment():  # only an owned partition can be sought
                 self._consumer.seek(tp, moved.stored.get(tp.partition, 0))
                 self._applied[tp.partition] = moved.stored.get(tp.partition, 0)
             return
