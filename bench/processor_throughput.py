@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
@@ -27,19 +29,25 @@ from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
 
 
-def load(settings: LedgerSettings, topic: str, purchases: int, members: int) -> None:
+def load(settings: LedgerSettings, topic: str, purchases: int, members: int, days: float = 0) -> None:
+    """Purchases `o-0`, `o-1`, ... in turn for members `m-0` .. `m-{members - 1}`; all on one fixed
+    date, or with `days`, dated in order over the `days` before now (one every days / purchases)."""
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=20, batch_size=512 * 1024
     )
+    first, step = datetime.now(UTC) - timedelta(days=days), timedelta(days=days) / max(purchases, 1)
     for index in range(purchases):
         member = f"m-{index % members}"
+        occurred_at = (
+            (first + index * step).strftime("%Y-%m-%dT%H:%M:%SZ") if days else "2026-11-22T10:00:00Z"
+        )
         value = {
             "type": "purchase",
             "purchase_id": f"o-{index}",
             "member_id": member,
             "amount": f"{10 + index % 990}.{index % 100:02d}",
             "currency": "CNY",
-            "occurred_at": "2026-11-22T10:00:00Z",
+            "occurred_at": occurred_at,
             "channel": "store",
             "items": [{"sku": "A1", "category": "beauty", "quantity": 1, "amount": "10.00"}],
         }
@@ -53,19 +61,37 @@ def committed_total(admin: KafkaAdminClient, group: str, topic: str) -> int:
     return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
 
 
-def time_until_consumed(settings: LedgerSettings, group: str, topic: str, total: int, warmup: float) -> float:
+def time_until_consumed(
+    settings: LedgerSettings,
+    group: str,
+    topic: str,
+    total: int,
+    warmup: float,
+    processes: Sequence[subprocess.Popen[bytes]] = (),
+) -> float:
     """Seconds per `total` records, sustained: measured from `warmup` seconds after the group's first
-    committed offset (start-up rebalances are not throughput) until all of them are committed."""
+    committed offset (start-up rebalances are not throughput) until all of them are committed.
+    One of `processes` exiting meanwhile is an error (it would never finish)."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+
+    def committed(pause: float) -> int:
+        time.sleep(pause)
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"a processor exited ({process.returncode}) before the backlog was consumed"
+                )
+        return committed_total(admin, group, topic)
+
     try:
-        while committed_total(admin, group, topic) == 0:
-            time.sleep(0.05)
+        while committed(0.05) == 0:
+            pass
         time.sleep(warmup)
-        started, first = time.monotonic(), committed_total(admin, group, topic)
+        started, first = time.monotonic(), committed(0)
         if first >= total:
             raise RuntimeError("the backlog was consumed within the warm-up: use more --purchases")
-        while (done := committed_total(admin, group, topic)) < total:
-            time.sleep(0.1)
+        while (done := committed(0.1)) < total:
+            pass
         return (time.monotonic() - started) * total / max(done - first, 1)
     finally:
         admin.close()
@@ -133,7 +159,12 @@ def main() -> None:
         ]
         try:
             seconds = time_until_consumed(
-                settings, settings.processor_group, settings.topic_purchases, args.purchases, args.warmup
+                settings,
+                settings.processor_group,
+                settings.topic_purchases,
+                args.purchases,
+                args.warmup,
+                processors,
             )
         finally:
             for processor in processors:
