@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import AlterConfigOp, ConfigResource, ConfigResourceType, KafkaAdminClient, MemberToRemove
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import NoError
 
 from schemas.topics import KafkaSettings
 from tests.waiting import eventually
@@ -20,6 +25,59 @@ def publish(
         producer.send(topic, key=key, value=value, partition=partition).get(timeout=10)
     finally:
         producer.close()
+
+
+def publish_together(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    """The records in one transaction: a read_committed consumer gets all of them at once."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"tests-{uuid.uuid4().hex}")
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
+        producer.commit_transaction()
+    finally:
+        producer.close()
+
+
+def evict_group_members(bootstrap: str, group: str) -> int:
+    """Remove every member from the consumer group, as an operator's admin tool can; how many.
+
+    A removed member's generation is over: offsets it commits with it are refused until it rejoins.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tests-evict")
+    try:
+        members = admin.describe_groups([group])[group]["members"]
+        removed = admin.remove_group_members(
+            group, [MemberToRemove(member_id=m["member_id"]) for m in members]
+        )
+        assert all(error is NoError for error in removed.values()), removed
+        return len(removed)
+    finally:
+        admin.close()
+
+
+@contextmanager
+def topic_config(bootstrap: str, topic: str, name: str, value: str) -> Iterator[None]:
+    """The topic with one config set for the block, then back at the broker's default.
+
+    Incremental: the topic's other configs are left as they are.
+    """
+    resource = ConfigResourceType.TOPIC
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tests-topic-config")
+    try:
+        [found] = admin.describe_configs([ConfigResource(resource, topic, {name: None})]).values()
+        assert name not in found[topic], f"{topic} already sets {name}; it would not be put back"
+        result = admin.alter_configs([ConfigResource(resource, topic, {name: value})], incremental=True)
+        assert result == {"topic": {topic: "OK"}}, result
+        try:
+            yield
+        finally:
+            deleted = {name: (AlterConfigOp.DELETE, None)}
+            result = admin.alter_configs([ConfigResource(resource, topic, deleted)], incremental=True)
+            assert result == {"topic": {topic: "OK"}}, result
+    finally:
+        admin.close()
 
 
 def purchase(member_id: str, purchase_id: str, amount: str, **extra: Any) -> dict[str, Any]:
