@@ -18,12 +18,21 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.range import RangePartitionAssignor
-from kafka.errors import KafkaError, ProducerFencedError
+from kafka.errors import (
+    CorruptRecordError,
+    InvalidRecordError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFencedError,
+    RecordListTooLargeError,
+)
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
@@ -57,6 +66,21 @@ log = logging.getLogger(__name__)
 
 # The program's own stream: where ProgramRulesChanged is recorded. Not a valid member id.
 PROGRAM_STREAM = "$program"
+# Errors of one record the broker refuses to take: its input is set aside, not retried.
+RECORD_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidRecordError,
+    CorruptRecordError,
+)
+
+
+class _Unprocessable(Exception):
+    """An input record that cannot be decided or written: set aside when it is read again."""
+
+    def __init__(self, where: tuple[str, int, int], code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.where, self.code, self.message = where, code, message
 
 
 class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -114,7 +138,26 @@ class Processor:
             partition_assignment_strategy=[RangePartitionAssignor],
             metadata_max_age_ms=30_000,
         )
-        self._producer = KafkaProducer(
+        self._producer = self._new_producer()
+        self._parsers = {
+            settings.topic_purchases: parse_inbound_record,
+            settings.topic_commands: parse_command_record,
+        }
+        self._restore = Restore(settings, self.store, self._committed_offsets)
+        # Restored partitions whose ownership is still to be announced (services.ledger.ownership).
+        self._unannounced: set[int] = set()
+        # Consecutive failed transactions, and the records to set aside when read again.
+        self._failures = 0
+        # What this transaction has sent, each with the input record it was sent for, if any.
+        self._sent: list[tuple[FutureRecordMetadata, tuple[str, int, int] | None]] = []
+        self._current: tuple[str, int, int] | None = None
+        self._unprocessable: dict[tuple[str, int, int], tuple[str, str]] = {}
+        # Members a tick that spans transactions has reached so far, by the tick's record.
+        self._ticked: dict[tuple[str, int, int], set[str]] = {}
+
+    def _new_producer(self) -> KafkaProducer:
+        settings = self._settings
+        return KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id=f"{settings.transactional_id}-producer",
             transactional_id=settings.transactional_id,
@@ -125,13 +168,6 @@ class Processor:
             # CONCURRENT_TRANSACTIONS and is retried after this backoff (default 100 ms).
             retry_backoff_ms=5,
         )
-        self._parsers = {
-            settings.topic_purchases: parse_inbound_record,
-            settings.topic_commands: parse_command_record,
-        }
-        self._restore = Restore(settings, self.store, self._committed_offsets)
-        # Restored partitions whose ownership is still to be announced (services.ledger.ownership).
-        self._unannounced: set[int] = set()
 
     @property
     def ready(self) -> bool:
@@ -139,19 +175,19 @@ class Processor:
         return bool(self.store.owned()) and not self._restore.pending
 
     def run(self, stop: threading.Event) -> None:
-        ensure_topics(self._settings)
-        self.partitions = self._partition_count()
-        self._producer.init_transactions()
-        self._consumer.subscribe(list(self._parsers), listener=_Ownership(self))
-        log.info("processor started", extra={"transactional_id": self._settings.transactional_id})
         try:
+            self._consumer.subscribe(list(self._parsers), listener=_Ownership(self))
+            ensure_topics(self._settings)
+            self.partitions = self._partition_count()
+            self._producer.init_transactions()
+            log.info("processor started", extra={"transactional_id": self._settings.transactional_id})
             while not stop.is_set():
                 with collector.paused():
                     self._step()
         finally:
             self._restore.close()
             self._consumer.close()
-            self._producer.close()
+            self._producer.close(timeout=5)
             self.store.close(self.store.owned() | self.store.parked())
             if self._instance_lock is not None:
                 self._instance_lock.close()
@@ -174,6 +210,7 @@ class Processor:
         self.store.park(partitions)
         self._restore.remove(partitions)
         self._unannounced -= partitions
+        self._ticked = {where: done for where, done in self._ticked.items() if where[1] not in partitions}
         self.rules_unchecked = False
 
     def assigned(self, partitions: set[int]) -> None:
@@ -226,17 +263,21 @@ class Processor:
         owned = self.store.owned()
         records = {tp: rs for tp, rs in records.items() if tp.partition in owned}
         batch = _Batch(self.store)
-        self._producer.begin_transaction()
+        self._sent = []
         try:
+            self._producer.begin_transaction()
             consumed = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
             if self.rules_unchecked:
                 self._record_rules(batch)
                 self._fence({partition_for(PROGRAM_STREAM, self.partitions)}, consumed)
             announced = self._announce()
             self._fence(announced, consumed)
-            for partition_records in records.values():
+            rewind = {}
+            for tp, partition_records in records.items():
                 for record in partition_records:
-                    self._handle(record, batch)
+                    if not self._handle(record, batch):
+                        consumed[tp] = rewind[tp] = OffsetAndMetadata(record.offset, "", -1)
+                        break
             state = self._state_changes(batch, consumed)
             written = {
                 partition: [
@@ -248,14 +289,27 @@ class Processor:
             if consumed:
                 self._producer.send_offsets_to_transaction(consumed, self._consumer.group_metadata())
             offsets_sent = time.perf_counter()
+            self._check_sent()
             self._producer.commit_transaction()
-        except ProducerFencedError:
-            log.error("fenced by a newer instance; stopping")
-            raise
-        except KafkaError:
-            log.exception("transaction failed; restoring the state and reading the batch again")
-            self._abort()
+        except _Unprocessable as bad:
+            log.exception("record set aside", extra={"code": bad.code, "where": list(bad.where)})
+            self._unprocessable[bad.where] = (bad.code, bad.message)
+            self._start_over()
             return
+        except KafkaError as error:
+            if _fenced(error):
+                log.error("fenced by a newer instance; stopping")
+                if isinstance(error, ProducerFencedError):
+                    raise
+                raise ProducerFencedError(str(error)) from error
+            log.exception("transaction failed; restoring the state and reading the batch again")
+            self._start_over()
+            self._failures += 1
+            time.sleep(min(0.05 * 2**self._failures, 5.0))
+            return
+        self._failures = 0
+        for tp, position in rewind.items():  # a tick to finish in the next transaction
+            self._consumer.seek(tp, position.offset)
         self.rules_unchecked = False
         self._unannounced -= announced
         for partition, changes in state.items():
@@ -298,16 +352,36 @@ class Processor:
             state.setdefault(tp.partition, []).append((input_key(tp.topic), str(position.offset).encode()))
         return state
 
-    def _abort(self) -> None:
-        """Roll back, and restore every owned partition: what is in memory may hold the batch's decisions.
+    def _check_sent(self) -> None:
+        """Everything sent is written, or raise before the commit is asked for.
 
-        The commit itself may have failed after the broker took it, so neither the cache nor the
-        position is trusted: the restore reads the changelog and the committed offsets again.
+        kafka-python 3.0.12 does not fail a commit after the broker refused one of the
+        transaction's records: the commit waits for the next metadata refresh (minutes). Flushing
+        first shows the refusal; a record refused for reasons of its own sets its input aside.
         """
-        try:
-            self._producer.abort_transaction()
-        except KafkaError:
-            log.exception("abort failed")
+        self._producer.flush(timeout=self._settings.transaction_timeout_ms / 2000)
+        for future, where in self._sent:
+            error = future.exception if future.is_done and future.failed() else None
+            if error is None:
+                continue
+            if where is not None and isinstance(error, RECORD_ERRORS):
+                raise _Unprocessable(where, "unwritable", str(error)) from error
+            raise error if isinstance(error, KafkaError) else KafkaError(str(error))
+        if not all(future.is_done for future, _ in self._sent):
+            raise KafkaTimeoutError("the transaction's records were not written in time")
+
+    def _start_over(self) -> None:
+        """Drop the transaction with its producer, and restore every owned partition.
+
+        A new producer with the same transactional id aborts whatever the old one left open; the
+        old one is not trusted after a failure (kafka-python's transaction state does not always
+        recover). The commit itself may have failed after the broker took it, so neither the
+        cache nor the position is trusted either: the restore reads the changelog and the
+        committed offsets again.
+        """
+        self._producer.close(timeout=1)
+        self._producer = self._new_producer()
+        self._producer.init_transactions()
         partitions = self.store.owned()
         self.revoked(partitions)
         self.assigned(partitions)
@@ -326,47 +400,55 @@ class Processor:
         decided = decide(account, command, self._rules)  # a LedgerError here is a configuration error
         self._append(batch, partition, account, command, decided, now)
 
-    def _handle(self, record: ConsumerRecord, batch: _Batch) -> None:
+    def _handle(self, record: ConsumerRecord, batch: _Batch) -> bool:
+        """Decide one input record; False when a tick reached only some of its members (read it again).
+
+        A record that cannot be decided or written (a bug, a record too large to produce) is
+        raised as `_Unprocessable`: the transaction is rolled back, and when the record is read
+        again it is set aside on the dead-letter topic instead.
+        """
+        where = self._current = (record.topic, record.partition, record.offset)
+        if where in self._unprocessable:
+            self._set_aside(record, batch, *self._unprocessable.pop(where))
+            return True
+        try:
+            return self._decide(record, batch)
+        except MessageSizeTooLargeError as error:
+            raise _Unprocessable(where, "record_too_large", str(error)) from error
+        except KafkaError:
+            raise
+        except Exception as error:
+            raise _Unprocessable(where, "processing_error", f"{type(error).__name__}: {error}") from error
+        finally:
+            self._current = None
+
+    def _decide(self, record: ConsumerRecord, batch: _Batch) -> bool:
         try:
             command = self._parsers[record.topic](record.value)
         except InvalidRecord as invalid:
             self._dead_letter(record, invalid.code, invalid.message)
-            return
+            return True
         if isinstance(command, Tick):
-            self._tick(record, command, batch)
-            return
+            return self._tick(record, command, batch)
         partition = partition_for(command.member_id, self.partitions)
         if partition != record.partition:
             self._reroute(record, command.member_id, partition)
-            return
+            return True
         account = batch.account(partition, command.member_id)
         replying = record.topic == self._settings.topic_commands
         original = original_command(account, command)
         if original is not None:
             if replying:
                 self._reply(partition, account, command, "duplicate", original_command_id=original)
-            return
+            return True
         try:
             decided = decide(account, command, self._rules)
         except UnknownMember as error:  # no stream is opened for someone who is not a member
             if replying:
                 self._reply(partition, account, command, "rejected", code=error.code, detail=error.detail)
-            return
+            return True
         except LedgerError as error:
             decided = [CommandRejected(command=type(command).__name__, code=error.code, detail=error.detail)]
-        except Exception as error:  # a bug must not stall the partition: park the record
-            log.exception("decision failed", extra={"command_id": command.command_id})
-            self._dead_letter(record, "processing_error", f"{type(error).__name__}: {error}")
-            if replying:
-                self._reply(
-                    partition,
-                    account,
-                    command,
-                    "rejected",
-                    code="processing_error",
-                    detail="the ledger could not decide this command; it was set aside for review",
-                )
-            return
         account, events = self._append(batch, partition, account, command, decided, _timestamp(record))
         if replying:
             rejected = next((e.data for e in events if isinstance(e.data, CommandRejected)), None)
@@ -379,9 +461,36 @@ class Processor:
                 code=rejected.code if rejected else None,
                 detail=rejected.detail if rejected else None,
             )
+        return True
 
-    def _tick(self, record: ConsumerRecord, tick: Tick, batch: _Batch) -> None:
-        for member_id in batch.due(record.partition, tick.now):
+    def _set_aside(self, record: ConsumerRecord, batch: _Batch, code: str, message: str) -> None:
+        """Dead-letter a record that could not be decided; an API caller is told so."""
+        self._dead_letter(record, code, message)
+        if record.topic != self._settings.topic_commands:
+            return
+        try:
+            command = parse_command_record(record.value)
+        except InvalidRecord:
+            return
+        if isinstance(command, Tick):
+            return
+        partition = partition_for(command.member_id, self.partitions)
+        account = batch.account(partition, command.member_id)
+        detail = "the ledger could not decide this command; it was set aside for review"
+        self._reply(partition, account, command, "rejected", code=code, detail=detail)
+
+    def _tick(self, record: ConsumerRecord, tick: Tick, batch: _Batch) -> bool:
+        """Advance the clock of the members due, at most a batch of them per transaction.
+
+        A member whose tick cannot be decided is skipped (and logged): its clock moves at a
+        later tick, and the others' do not wait for it.
+        """
+        where = (record.topic, record.partition, record.offset)
+        done = self._ticked.setdefault(where, set())
+        due = [member for member in batch.due(record.partition, tick.now) if member not in done]
+        now_due = due[: self._settings.processor_batch_max]
+        done.update(now_due)
+        for member_id in now_due:
             account = batch.account(record.partition, member_id)
             command = AdvanceClock(
                 command_id=tick.command_id,
@@ -389,14 +498,22 @@ class Processor:
                 member_id=member_id,
                 occurred_at=tick.now,
             )
-            self._append(
-                batch,
-                record.partition,
-                account,
-                command,
-                decide(account, command, self._rules),
-                _timestamp(record),
-            )
+            try:
+                sealed = seal_with_bytes(
+                    account,
+                    command,
+                    decide(account, command, self._rules),
+                    self._rules.version,
+                    _timestamp(record),
+                )
+            except Exception:
+                log.exception("tick skipped a member", extra={"partition": record.partition})
+                continue
+            self._write(batch, record.partition, *sealed)
+        if len(due) > len(now_due):
+            return False
+        del self._ticked[where]
+        return True
 
     def _append(
         self,
@@ -407,12 +524,17 @@ class Processor:
         decided: list[EventData],
         recorded_at: datetime,
     ) -> tuple[Account, list[Event]]:
-        account, events, raw = seal_with_bytes(account, command, decided, self._rules.version, recorded_at)
+        sealed = seal_with_bytes(account, command, decided, self._rules.version, recorded_at)
+        self._write(batch, partition, *sealed)
+        return sealed[0], sealed[1]
+
+    def _write(
+        self, batch: _Batch, partition: int, account: Account, events: list[Event], raw: list[bytes]
+    ) -> None:
         for value in raw:
             self._send(self._settings.topic_events, partition, account.member_id, value)
         if events:
             batch.changed[account.member_id] = (partition, account)
-        return account, events
 
     def _reply(
         self,
@@ -439,7 +561,12 @@ class Processor:
         )
 
     def _send(self, topic: str, partition: int, key: str, value: bytes | None) -> FutureRecordMetadata:
-        return self._producer.send(topic, key=key.encode(), value=value, partition=partition)
+        return self._produce(topic, key=key.encode(), value=value, partition=partition)
+
+    def _produce(self, topic: str, **record: Any) -> FutureRecordMetadata:
+        future = self._producer.send(topic, **record)
+        self._sent.append((future, self._current))
+        return future
 
     def _dead_letter(self, record: ConsumerRecord, code: str, message: str) -> None:
         headers = [
@@ -450,7 +577,7 @@ class Processor:
             ("source.partition", str(record.partition).encode()),
             ("source.offset", str(record.offset).encode()),
         ]
-        self._producer.send(self._settings.topic_dlq, key=record.key, value=record.value, headers=headers)
+        self._produce(self._settings.topic_dlq, key=record.key, value=record.value, headers=headers)
         log.warning(
             "record dead-lettered",
             extra={
@@ -463,7 +590,7 @@ class Processor:
 
     def _reroute(self, record: ConsumerRecord, member_id: str, partition: int) -> None:
         """A publisher keyed the record differently: move it to the member's partition."""
-        self._producer.send(
+        self._produce(
             record.topic,
             key=member_id.encode(),
             value=record.value,
@@ -471,6 +598,13 @@ class Processor:
             partition=partition,
             timestamp_ms=record.timestamp,
         )
+
+
+def _fenced(error: KafkaError) -> bool:
+    """kafka-python reports a fence from `send` as a plain KafkaError with the cause as its argument."""
+    return isinstance(error, ProducerFencedError) or any(
+        isinstance(a, ProducerFencedError) for a in error.args
+    )
 
 
 def _timestamp(record: ConsumerRecord) -> datetime:

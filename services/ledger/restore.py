@@ -43,7 +43,7 @@ class _Progress:
     behind_since: float | None = None
     applied: int = 0
     changed: bool = False
-    wiped: bool = False
+    from_scratch: bool = False
 
 
 class Restore:
@@ -112,7 +112,8 @@ class Restore:
                 },
             )
             local.wipe()
-            progress.wiped = progress.changed = True
+            progress.changed = True
+        progress.from_scratch = local.position <= start < progress.end
         self._assign()
         consumer.seek(tp, max(local.position, start))
 
@@ -178,7 +179,7 @@ class Restore:
                 extra={
                     "partition": partition,
                     "records": progress.applied,
-                    "from_scratch": progress.wiped,
+                    "from_scratch": progress.from_scratch,
                     "seconds": round(time.monotonic() - progress.started, 3),
                 },
             )

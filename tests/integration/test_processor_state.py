@@ -6,6 +6,7 @@ import json
 import shutil
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from fastapi.testclient import TestClient
 from schemas.rules import ProgramRules
 from services.ledger.api import create_app
 from services.ledger.processor import Processor
+from services.ledger.scheduler import Scheduler
+from services.ledger.topics import ensure_topics
 from tests.conftest import Isolated, Running
-from tests.integration.kafka_io import purchase
+from tests.integration.kafka_io import publish, purchase
 from tests.integration.serving import serve, spawn
 from tests.integration.test_processor_guarantees import all_events, assert_chains_intact, publish_purchases
 from tests.waiting import eventually
@@ -135,3 +138,29 @@ def test_readiness_is_lost_while_no_processor_owns_the_partitions(isolated: Isol
             processor.send_signal(signal.SIGKILL)
             processor.wait()
         eventually(lambda: httpx.get(f"{base}/readyz").status_code == 503, timeout_s=30, what="not ready")
+
+
+def test_a_tick_due_for_more_members_than_a_batch_reaches_each_once(
+    isolated: Isolated, running: Running
+) -> None:
+    """30 members due and transactions of at most 10: the tick is finished over several."""
+    settings = isolated.ledger(processor_batch_max=10)
+    running.start(Processor(settings, ProgramRules()).run)
+    ensure_topics(settings)
+    for n in range(30):
+        old = {**purchase(f"m-{n}", f"o-{n}", "20.00"), "occurred_at": "2024-01-10T00:00:00Z"}
+        publish(
+            settings.kafka_bootstrap, settings.topic_purchases, f"m-{n}".encode(), json.dumps(old).encode()
+        )
+    eventually(lambda: recorded(isolated) == 30, what="every purchase")
+    Scheduler(settings).tick(datetime(2026, 2, 1, tzinfo=UTC))
+    expired = eventually(
+        lambda: (
+            (found := [e for e in all_events(isolated) if e["type"] == "PointsExpired"])
+            and len(found) >= 30
+            and found
+        ),
+        what="every member's lot expired",
+    )
+    assert sorted(e["member_id"] for e in expired) == sorted(f"m-{n}" for n in range(30))
+    assert_chains_intact([e for e in all_events(isolated) if not e["member_id"].startswith("$")])
