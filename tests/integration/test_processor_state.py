@@ -164,3 +164,37 @@ def test_a_tick_due_for_more_members_than_a_batch_reaches_each_once(
     )
     assert sorted(e["member_id"] for e in expired) == sorted(f"m-{n}" for n in range(30))
     assert_chains_intact([e for e in all_events(isolated) if not e["member_id"].startswith("$")])
+
+
+def test_a_paused_processor_that_wakes_after_losing_its_partitions_forks_nothing(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    """A zombie: SIGSTOP a processor in the middle of its work past the session timeout, let the
+    other take its partitions, then SIGCONT it. Whatever it had open is fenced or aborted, and the
+    new owner resumes with state no older than the committed offsets: no purchase twice, no
+    sequence reused, every chain intact. Done twice, at different moments of the backlog."""
+    env = {
+        **isolated.env,
+        "LOYALTY_STATE_DIR": str(tmp_path / "state"),
+        "LOYALTY_PROCESSOR_SESSION_TIMEOUT_MS": "6000",
+        "LOYALTY_PROCESSOR_BATCH_MAX": "300",
+    }
+    publish_purchases(isolated, 12_000, members=400, prefix="load")
+    a = spawn("processor", {**env, "LOYALTY_PROCESSOR_INSTANCE": "a"}, tmp_path / "a.log")
+    b = spawn("processor", {**env, "LOYALTY_PROCESSOR_INSTANCE": "b"}, tmp_path / "b.log")
+    try:
+        for zombie, after in ((a, 2_000), (b, 6_000)):
+            eventually(lambda n=after: recorded(isolated) >= n, timeout_s=90, what=f"{after} purchases")
+            zombie.send_signal(signal.SIGSTOP)
+            time.sleep(9)  # past the session timeout: the other instance owns everything
+            zombie.send_signal(signal.SIGCONT)
+        eventually(lambda: recorded(isolated) >= 12_000, timeout_s=180, what="every purchase")
+    finally:
+        for process in (a, b):
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            process.wait(timeout=30)
+    member_events = [e for e in all_events(isolated) if not e["member_id"].startswith("$")]
+    ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
+    assert len(ids) == len(set(ids)) == 12_000
+    assert_chains_intact(member_events)
