@@ -177,8 +177,7 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
         if kind == SUMMARY:
             fields = decoded
         elif kind == PURCHASE:
-            command_id, amount, occurred, refunded, earned, reversed_ = decoded
-            purchases[item] = Purchase(command_id, amount, _instant(occurred), refunded, earned, reversed_)
+            purchases[item] = _decode_purchase(decoded)
         elif kind == LOT:
             lots.append(Lot(item, decoded[0], _instant(decoded[1])))
         elif kind == PENDING:
@@ -186,21 +185,13 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
         elif kind == REFUND:
             refunds[item] = decoded
         elif kind == REDEMPTION:
-            command_id, points, taken, cancelled = decoded
-            from_lots = tuple(
-                LotPoints(lot_id=lot_id, points=n, expires_at=_instant(expires))
-                for lot_id, n, expires in taken
-            )
-            redemptions[item] = Redemption(command_id, points, from_lots, cancelled)
+            redemptions[item] = _decode_redemption(decoded)
         elif kind == ADJUSTMENT:
             adjustments[item] = decoded
         elif kind == OUTCOME:
             outcomes.append((item, Outcome(*decoded)))
     if not fields:
         return Account.new(member_id)
-    fields.pop("due")
-    for name in _INSTANTS:
-        fields[name] = None if fields[name] is None else _instant(fields[name])
     outcomes.sort(key=lambda found: found[1].last_sequence)  # the order they are forgotten in
     return Account(
         member_id=member_id,
@@ -211,8 +202,28 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
         redemptions=redemptions,
         adjustments=adjustments,
         outcomes=dict(outcomes),
-        **fields,
+        **_summary_fields(fields),
     )
+
+
+def _decode_purchase(fields: list[Any]) -> Purchase:
+    command_id, amount, occurred, refunded, earned, reversed_ = fields
+    return Purchase(command_id, amount, _instant(occurred), refunded, earned, reversed_)
+
+
+def _decode_redemption(fields: list[Any]) -> Redemption:
+    command_id, points, taken, cancelled = fields
+    from_lots = tuple(
+        LotPoints(lot_id=lot_id, points=n, expires_at=_instant(expires)) for lot_id, n, expires in taken
+    )
+    return Redemption(command_id, points, from_lots, cancelled)
+
+
+def _summary_fields(decoded: dict[str, Any]) -> dict[str, Any]:
+    fields = {name: decoded[name] for name in _SUMMARY_FIELDS}
+    for name in _INSTANTS:
+        fields[name] = None if fields[name] is None else _instant(fields[name])
+    return fields
 
 
 def _instant(text: str) -> datetime:
@@ -230,49 +241,19 @@ def legacy_account(raw: bytes) -> Account:
         return _first_layout.validate_json(raw)
     return Account(
         member_id=d["member_id"],
-        sequence=d["sequence"],
-        last_hash=d["last_hash"],
-        enrolled=d["enrolled"],
-        has_profile=d["has_profile"],
-        erased=d["erased"],
-        tier=d["tier"],
-        next_evaluation_at=_maybe_instant(d["next_evaluation_at"]),
         lots=oldest_first(Lot(lot_id, n, _instant(expires)) for lot_id, n, expires in d["lots"]),
         pending=by_maturity(
             PendingLot(lot_id, n, _instant(e), _instant(m)) for lot_id, n, e, m in d["pending"]
         ),
-        debt=d["debt"],
-        lifetime_earned=d["lifetime_earned"],
-        redeemed=d["redeemed"],
-        expired=d["expired"],
-        reversed=d["reversed"],
-        adjusted=d["adjusted"],
-        purchases={
-            purchase_id: Purchase(command_id, amount, _instant(occurred), refunded, earned, reversed_)
-            for purchase_id, (command_id, amount, occurred, refunded, earned, reversed_) in d[
-                "purchases"
-            ].items()
-        },
+        purchases={purchase_id: _decode_purchase(fields) for purchase_id, fields in d["purchases"].items()},
         refunds=d["refunds"],
         redemptions={
-            redemption_id: Redemption(
-                command_id,
-                points,
-                tuple(LotPoints(lot_id=lot_id, points=n, expires_at=_instant(e)) for lot_id, n, e in taken),
-                cancelled,
-            )
-            for redemption_id, (command_id, points, taken, cancelled) in d["redemptions"].items()
+            redemption_id: _decode_redemption(fields) for redemption_id, fields in d["redemptions"].items()
         },
         adjustments=d["adjustments"],
         outcomes={
             command_id: Outcome(first, last, rejected)
             for command_id, (first, last, rejected) in d["outcomes"].items()
         },
-        rules_version=d["rules_version"],
-        rules_fingerprint=d["rules_fingerprint"],
-        forgotten_before=_maybe_instant(d["forgotten_before"]),
+        **_summary_fields(d),
     )
-
-
-def _maybe_instant(text: str | None) -> datetime | None:
-    return None if text is None else _instant(text)
