@@ -83,7 +83,7 @@ class _Unprocessable(Exception):
         self.where, self.code, self.message = where, code, message
 
 
-class _Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
     """Runs where the group's heartbeats are sent: it only notes the change, the loop does the work."""
 
     def __init__(self, processor: Processor) -> None:
@@ -176,7 +176,7 @@ class Processor:
 
     def run(self, stop: threading.Event) -> None:
         try:
-            self._consumer.subscribe(list(self._parsers), listener=_Ownership(self))
+            self._consumer.subscribe(list(self._parsers), listener=_Rebalances(self))
             ensure_topics(self._settings)
             self.partitions = self._partition_count()
             self._producer.init_transactions()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from services.kafka_offsets import committed_reader
 from services.ledger import state_records
@@ -141,7 +142,7 @@ class Restore:
             for tp, position in positions.items():
                 self._consumer.seek(tp, position)
 
-    def _apply(self, partition: int, records: list) -> None:  # type: ignore[type-arg]
+    def _apply(self, partition: int, records: list[ConsumerRecord]) -> None:
         progress = self._pending.get(partition)
         if progress is None or not records:
             return
