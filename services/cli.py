@@ -170,24 +170,20 @@ def _projector() -> int:
 
 
 def _ledger_api() -> int:
-    import uvicorn
-
-    from services.ledger.api import create_app
     from services.ledger.settings import LedgerSettings
+    from services.serving import serve
 
     settings = LedgerSettings()
-    uvicorn.run(create_app(settings), host=settings.ledger_host, port=settings.ledger_port, log_config=None)
+    serve("services.ledger.api:app_from_env", settings.ledger_host, settings.ledger_port, settings)
     return 0
 
 
 def _read_api() -> int:
-    import uvicorn
-
-    from services.projector.api import create_app
     from services.projector.settings import ProjectorSettings
+    from services.serving import serve
 
     settings = ProjectorSettings()
-    uvicorn.run(create_app(settings), host=settings.read_host, port=settings.read_port, log_config=None)
+    serve("services.projector.api:app_from_env", settings.read_host, settings.read_port, settings)
     return 0
 
 

@@ -1,16 +1,24 @@
-"""Prometheus metrics of an HTTP service: request latency by route and status, and `/metrics`."""
+"""Prometheus metrics of an HTTP service: request latency by route and status, and `/metrics`.
+
+Under `serving.serve` every worker process writes its counts to files of the run (Prometheus'
+multiprocess mode) and `/metrics` adds them up, whichever worker answers the scrape.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.serving import MULTIPROCESS_ENV, Admission, ServingSettings
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -54,9 +62,16 @@ class _Timing:
 
 
 def install_http_metrics(
-    app: FastAPI, service: str, extra: Callable[[FastAPI], Awaitable[Iterable[Metric]]] | None = None
+    app: FastAPI,
+    service: str,
+    serving: ServingSettings,
+    extra: Callable[[FastAPI], Awaitable[Iterable[Metric]]] | None = None,
 ) -> None:
-    """Time every request and serve `/metrics`; `extra` adds families read at scrape time."""
+    """Time every request, shed what cannot start in time, and serve `/metrics`.
+
+    `extra` adds families read at scrape time. Install it last: admission then comes first, so a
+    request that is shed costs as little as possible.
+    """
     registry = CollectorRegistry()
     histogram = Histogram(
         "loyalty_http_request_duration_seconds",
@@ -65,13 +80,27 @@ def install_http_metrics(
         registry=registry,
         buckets=LATENCY_BUCKETS,
     )
+    shed = Counter(
+        "loyalty_http_requests_shed",
+        f"Requests the {service} answered 503 because none of its turns was free within the budget",
+        registry=registry,
+    )
     app.add_middleware(_Timing, histogram=histogram)
+    app.add_middleware(
+        Admission, limit=serving.api_max_in_flight, budget_s=serving.api_queue_budget_ms / 1000, shed=shed
+    )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        body = generate_latest(registry)
+        body = generate_latest(_every_worker() if MULTIPROCESS_ENV in os.environ else registry)
         if extra is not None:
             snapshot = CollectorRegistry()
             snapshot.register(_Snapshot(await extra(app)))
             body += generate_latest(snapshot)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _every_worker() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry

@@ -45,6 +45,8 @@ class Guard:
             settings.database_url,
             min_size=1,
             max_size=4,
+            # Admission bounds the requests in flight; a longer wait means Postgres is in trouble.
+            timeout=2.0,
             open=False,
             kwargs={"autocommit": True, "options": schema_options(store.PRIVATE_SCHEMA)},
         )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.inbound import MEMBER_ID_PATTERN, ExternalId, MemberId, PurchaseMessage, RefundMessage
 from schemas.position import encode_position
-from services import collector
+from services import collector, logs
 from services.access.guard import Guard
 from services.access.keys import Principal
 from services.body_limit import install_body_limit
@@ -46,6 +46,7 @@ from services.ledger.topics import ensure_topics
 from services.personal_data import keystore, profiles
 from services.personal_data.profiles import Profile, ProfilePatch, fields_of
 from services.problems import Problem, install_problem_handlers
+from services.serving import release_turn
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("b7a9d0f4-3c6e-4a8e-9f51-6a0c2d9e4b27")
 
@@ -121,6 +122,12 @@ class Health(BaseModel):
     status: str
 
 
+def app_from_env() -> FastAPI:
+    """The app as `loyalty ledger-api` serves it, made in each worker process."""
+    logs.configure()
+    return create_app(LedgerSettings())
+
+
 def create_app(settings: LedgerSettings) -> FastAPI:
     guard = Guard(settings)
     master, masters = settings.master_keys()
@@ -157,7 +164,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     app = FastAPI(title="Loyalty ledger: command API", version="1", lifespan=lifespan)
     install_problem_handlers(app)
     install_body_limit(app, settings.max_body_bytes)
-    install_http_metrics(app, "ledger-api")
+    install_http_metrics(app, "ledger-api", settings)
 
     async def submit(
         request: Request, response: Response, body: AnyBody, member_id: str, key: str | None
@@ -171,6 +178,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         reply = replies.get(command_id)
         if reply is None:
             await _send(request, settings, command_id, member_id, body)
+            release_turn(request.scope)  # waiting for the processor is no work of this worker's
             reply = await replies.wait(command_id, settings.command_timeout_s)
             if reply is None:
                 response.status_code = 202

@@ -8,9 +8,10 @@ from pydantic import Field
 
 from schemas.topics import KafkaSettings
 from services.access.settings import AccessSettings
+from services.serving import ServingSettings
 
 
-class LedgerSettings(KafkaSettings, AccessSettings):
+class LedgerSettings(KafkaSettings, AccessSettings, ServingSettings):
     ledger_host: str = "127.0.0.1"
     ledger_port: int = 8000
     processor_group: str = "loyalty-ledger"

@@ -24,7 +24,7 @@ from schemas.events import Event
 from schemas.inbound import MEMBER_ID_PATTERN
 from schemas.position import InvalidPosition, decode_position, encode_position
 from schemas.rules import ProgramRules
-from services import collector
+from services import collector, logs
 from services.access.guard import Guard
 from services.access.keys import Principal
 from services.body_limit import install_body_limit
@@ -91,6 +91,8 @@ class _Backend:
             settings.database_url,
             min_size=2,
             max_size=10,
+            # Admission bounds the requests in flight; a longer wait means Postgres is in trouble.
+            timeout=2.0,
             open=False,
             kwargs={"autocommit": True, "options": schema_options(settings.read_schema)},
         )
@@ -148,6 +150,12 @@ class _Backend:
                 self._offsets.close()
 
 
+def app_from_env() -> FastAPI:
+    """The app as `loyalty read-api` serves it, made in each worker process."""
+    logs.configure()
+    return create_app(ProjectorSettings())
+
+
 def create_app(settings: ProjectorSettings) -> FastAPI:
     backend = _Backend(settings)
     guard = Guard(settings)
@@ -175,7 +183,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     )
     install_problem_handlers(app)
     install_body_limit(app, settings.max_body_bytes)
-    install_http_metrics(app, "read-api", lambda _: _projector_metrics(backend))
+    install_http_metrics(app, "read-api", settings, lambda _: _projector_metrics(backend))
 
     async def caught_up(
         min_position: Annotated[

@@ -6,9 +6,10 @@ from pydantic import Field
 
 from schemas.topics import KafkaSettings
 from services.access.settings import AccessSettings
+from services.serving import ServingSettings
 
 
-class ProjectorSettings(KafkaSettings, AccessSettings):
+class ProjectorSettings(KafkaSettings, AccessSettings, ServingSettings):
     # The Postgres schema holding the read models; `loyalty replay --switch` swaps a rebuilt one in.
     read_schema: str = Field(default="public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     read_host: str = "127.0.0.1"

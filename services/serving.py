@@ -1,0 +1,136 @@
+"""Serving an HTTP API: worker processes, and admission that sheds excess load instead of queueing it.
+
+One Python process serves a few hundred requests a second; past that, requests used to queue
+without bound and each waited out the 30 s pool timeout before a 503. Now each API runs several
+uvicorn workers, and each worker works on at most `api_max_in_flight` requests at once. A request
+that cannot start within `api_queue_budget_ms` is answered 503 with `Retry-After` at once, so the
+requests that are served keep their normal latency and a client learns quickly to back off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+import orjson
+import uvicorn
+from prometheus_client import Counter
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.problems import PROBLEM_BASE
+
+# Probes and scrapes are never shed: an overloaded API must still say so.
+UNGATED = frozenset({"/healthz", "/readyz", "/metrics"})
+TURN = "loyalty.turn"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _default_workers() -> int:
+    """One per core, at most four: the APIs share the machine with Kafka, Postgres and the processor."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    # Worker processes per API; each has its own connection pools and key cache.
+    api_workers: int = Field(default_factory=_default_workers, ge=1, le=64)
+    # Requests one worker works on at once; more wait for a turn, up to the queue budget.
+    api_max_in_flight: int = Field(default=16, ge=1)
+    # How long a request may wait for a turn before it is answered 503 with Retry-After.
+    api_queue_budget_ms: int = Field(default=250, ge=0)
+    # One JSON line per request; the per-route metrics count every request either way.
+    api_access_log: bool = False
+
+
+class _Turn:
+    """A request's place among the ones in flight, given back once (when done, or sooner)."""
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+            self._slots = None
+
+
+def release_turn(scope: Scope) -> None:
+    """Give back the request's turn early: it will only wait now (a command for its decision)."""
+    turn = scope.get(TURN)
+    if isinstance(turn, _Turn):
+        turn.release()
+
+
+class Admission:
+    """ASGI middleware: at most `limit` requests in flight; one that cannot start in time is shed."""
+
+    def __init__(self, app: ASGIApp, limit: int, budget_s: float, shed: Counter) -> None:
+        self._app = app
+        self._budget_s = budget_s
+        self._shed = shed
+        self._slots = asyncio.Semaphore(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNGATED:
+            await self._app(scope, receive, send)
+            return
+        try:
+            async with asyncio.timeout(self._budget_s if self._slots.locked() else None):
+                await self._slots.acquire()
+        except TimeoutError:
+            self._shed.inc()
+            await _overloaded(send)
+            return
+        turn = scope[TURN] = _Turn(self._slots)
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            turn.release()
+
+
+_OVERLOADED = orjson.dumps(
+    {
+        "type": PROBLEM_BASE + "overloaded",
+        "title": "The service is at capacity",
+        "status": 503,
+        "detail": "no turn was free within the queue budget; retry after the given delay",
+    }
+)
+
+
+async def _overloaded(send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(_OVERLOADED)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": _OVERLOADED})
+
+
+def serve(factory: str, host: str, port: int, settings: ServingSettings) -> None:
+    """Run the app that `factory` ("module:function") makes, in `api_workers` processes.
+
+    The workers' Prometheus metrics go to files in a directory of this run (multiprocess mode),
+    so that `/metrics`, whichever worker answers it, adds up every worker's counts.
+    """
+    with tempfile.TemporaryDirectory(prefix="loyalty-metrics-") as metrics_dir:
+        os.environ[MULTIPROCESS_ENV] = metrics_dir
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=settings.api_workers,
+            access_log=settings.api_access_log,
+            log_config=None,
+        )

@@ -1,0 +1,95 @@
+"""Admission: past the in-flight bound a request waits at most the budget, then 503 at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+from fastapi import FastAPI, Request
+
+from services.http_metrics import install_http_metrics
+from services.serving import ServingSettings, release_turn
+
+
+def _app(limit: int, budget_ms: int) -> tuple[FastAPI, asyncio.Event]:
+    app = FastAPI()
+    gate = asyncio.Event()
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await gate.wait()
+        return {"ok": "yes"}
+
+    @app.get("/waits")
+    async def waits(request: Request) -> dict[str, str]:
+        release_turn(request.scope)
+        await gate.wait()
+        return {"ok": "yes"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    install_http_metrics(app, "test", ServingSettings(api_max_in_flight=limit, api_queue_budget_ms=budget_ms))
+    return app, gate
+
+
+def _client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+def test_a_request_without_a_turn_in_time_is_shed_and_counted() -> None:
+    asyncio.run(_a_request_without_a_turn_in_time_is_shed_and_counted())
+
+
+async def _a_request_without_a_turn_in_time_is_shed_and_counted() -> None:
+    app, gate = _app(limit=2, budget_ms=50)
+    async with _client(app) as client:
+        busy = [asyncio.create_task(client.get("/slow")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        shed = await client.get("/slow")
+        waited = time.monotonic() - started
+        probe = await client.get("/healthz")
+        scrape = await client.get("/metrics")
+        gate.set()
+        served = await asyncio.gather(*busy)
+    assert shed.status_code == 503
+    assert shed.headers["retry-after"] == "1"
+    assert shed.headers["content-type"] == "application/problem+json"
+    assert shed.json()["type"].endswith("/overloaded")
+    assert 0.04 <= waited < 1.0
+    assert probe.status_code == 200, "probes are never shed"
+    assert "loyalty_http_requests_shed_total 1.0" in scrape.text
+    assert [r.status_code for r in served] == [200, 200]
+
+
+def test_a_waiting_request_that_came_in_time_is_served() -> None:
+    asyncio.run(_a_waiting_request_that_came_in_time_is_served())
+
+
+async def _a_waiting_request_that_came_in_time_is_served() -> None:
+    app, gate = _app(limit=1, budget_ms=2000)
+    async with _client(app) as client:
+        first = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.1)
+        gate.set()
+        statuses = [r.status_code for r in await asyncio.gather(first, second)]
+    assert statuses == [200, 200]
+
+
+def test_a_request_that_only_waits_gives_its_turn_back() -> None:
+    asyncio.run(_a_request_that_only_waits_gives_its_turn_back())
+
+
+async def _a_request_that_only_waits_gives_its_turn_back() -> None:
+    app, gate = _app(limit=1, budget_ms=50)
+    async with _client(app) as client:
+        waiting = [asyncio.create_task(client.get("/waits")) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        statuses = [r.status_code for r in await asyncio.gather(*waiting)]
+    assert statuses == [200] * 5
