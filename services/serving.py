@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 
 import orjson
 import uvicorn
@@ -25,6 +26,9 @@ from services.problems import PROBLEM_BASE
 # Probes and scrapes are never shed: an overloaded API must still say so.
 UNGATED = frozenset({"/healthz", "/readyz", "/metrics"})
 TURN = "loyalty.turn"
+# The event loop is checked this often; running later than this share of the budget, it sheds.
+LATENESS_TICK_S = 0.01
+LATE_SHARE = 0.2
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -49,13 +53,14 @@ class ServingSettings(BaseSettings):
 class _Turn:
     """A request's place among the ones in flight, given back once (when done, or sooner)."""
 
-    def __init__(self, slots: asyncio.Semaphore) -> None:
-        self._slots: asyncio.Semaphore | None = slots
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+        self._started = time.perf_counter()
 
     def release(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
-            self._slots = None
+        if self._admission is not None:
+            self._admission.done(time.perf_counter() - self._started)
+            self._admission = None
 
 
 def release_turn(scope: Scope) -> None:
@@ -66,30 +71,73 @@ def release_turn(scope: Scope) -> None:
 
 
 class Admission:
-    """ASGI middleware: at most `limit` requests in flight; one that cannot start in time is shed."""
+    """ASGI middleware: at most `limit` requests in flight; one that cannot start in time is shed.
+
+    A request that would queue behind more work than the budget allows (by the recent time a turn
+    takes) is shed on arrival, not after waiting the budget out: under overload the 503 comes back
+    at once and the queue stays short for the requests that are served. When the worker's event
+    loop itself runs late (more arrives than it can even read), requests have already waited
+    unseen: every new one is shed until the loop catches up, which is what lets it catch up.
+    """
 
     def __init__(self, app: ASGIApp, limit: int, budget_s: float, shed: Counter) -> None:
         self._app = app
+        self._limit = limit
         self._budget_s = budget_s
         self._shed = shed
         self._slots = asyncio.Semaphore(limit)
+        self._waiting = 0
+        self._turn_s = 0.0  # moving average of how long a turn is held
+        self._late_s = 0.0  # how late the event loop ran at its last check
+        self._lateness: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNGATED:
             await self._app(scope, receive, send)
             return
-        try:
-            async with asyncio.timeout(self._budget_s if self._slots.locked() else None):
-                await self._slots.acquire()
-        except TimeoutError:
+        if self._lateness is None:
+            self._lateness = asyncio.get_running_loop().create_task(self._watch_lateness())
+        if self._late_s > self._budget_s * LATE_SHARE:
             self._shed.inc()
             await _overloaded(send)
             return
-        turn = scope[TURN] = _Turn(self._slots)
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free turn: taken at once
+        elif not await self._wait_for_turn():
+            self._shed.inc()
+            await _overloaded(send)
+            return
+        turn = scope[TURN] = _Turn(self)
         try:
             await self._app(scope, receive, send)
         finally:
             turn.release()
+
+    async def _wait_for_turn(self) -> bool:
+        """Queue for a turn, unless the queue ahead is already longer than the budget."""
+        if (self._waiting + 1) * self._turn_s / self._limit > self._budget_s:
+            return False
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self._budget_s):
+                await self._slots.acquire()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting -= 1
+
+    async def _watch_lateness(self) -> None:
+        late = 0.0
+        while True:
+            due = time.perf_counter() + LATENESS_TICK_S
+            await asyncio.sleep(LATENESS_TICK_S)
+            late, previous = time.perf_counter() - due, late
+            self._late_s = min(late, previous)  # late twice running: not one hiccup of the scheduler
+
+    def done(self, held_s: float) -> None:
+        self._turn_s += (held_s - self._turn_s) / 16
+        self._slots.release()
 
 
 _OVERLOADED = orjson.dumps(

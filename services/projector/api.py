@@ -300,10 +300,17 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     ) -> BalanceAt:
         """The balance now, or at any past instant as the log knew it at another."""
         async with backend.pool.connection() as conn:
-            sequence = await queries.applied_sequence(conn, member_id)
-            if sequence is None:
-                raise _not_found(member_id)
-            row = await queries.balance_at(conn, member_id, _aware(as_of), _aware(known_at))
+            if as_of is None and known_at is None:  # the hot path: one row, not the member's history
+                row = await queries.balance_now(conn, member_id)
+                if row is None:
+                    raise _not_found(member_id)
+                sequence = row.pop("last_sequence")
+            else:
+                found = await queries.applied_sequence(conn, member_id)
+                if found is None:
+                    raise _not_found(member_id)
+                sequence = found
+                row = await queries.balance_at(conn, member_id, _aware(as_of), _aware(known_at))
         return BalanceAt(
             member_id=member_id,
             as_of=as_of,

@@ -43,6 +43,17 @@ async def applied_sequence(conn: AsyncConnection, member_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+async def balance_now(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
+    """The member's current balance and last applied sequence: one row, kept by the projector."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT last_sequence, available, pending, lifetime_earned, redeemed, expired, reversed "
+        "FROM members WHERE member_id = %s AND enrolled_at IS NOT NULL",
+        (member_id,),
+    )
+    return await cur.fetchone()
+
+
 async def stream_sequence(conn: AsyncConnection, stream: str) -> int:
     cur = await conn.execute("SELECT last_sequence FROM members WHERE member_id = %s", (stream,))
     row = await cur.fetchone()

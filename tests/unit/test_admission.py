@@ -27,6 +27,16 @@ def _app(limit: int, budget_ms: int) -> tuple[FastAPI, asyncio.Event]:
         await gate.wait()
         return {"ok": "yes"}
 
+    @app.get("/takes")
+    async def takes(seconds: float) -> dict[str, str]:
+        await asyncio.sleep(seconds)
+        return {"ok": "yes"}
+
+    @app.get("/blocks")
+    async def blocks() -> dict[str, str]:
+        time.sleep(0.15)  # holds the event loop, as a flood of requests does
+        return {"ok": "yes"}
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -93,3 +103,48 @@ async def _a_request_that_only_waits_gives_its_turn_back() -> None:
         gate.set()
         statuses = [r.status_code for r in await asyncio.gather(*waiting)]
     assert statuses == [200] * 5
+
+
+def test_a_request_behind_more_than_the_budget_is_shed_on_arrival() -> None:
+    asyncio.run(_a_request_behind_more_than_the_budget_is_shed_on_arrival())
+
+
+async def _a_request_behind_more_than_the_budget_is_shed_on_arrival() -> None:
+    app, gate = _app(limit=1, budget_ms=300)
+    async with _client(app) as client:
+        for _ in range(30):  # turns of about 20 ms each
+            assert (await client.get("/takes", params={"seconds": 0.02})).status_code == 200
+        held = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.02)
+
+        async def timed() -> tuple[int, float]:
+            started = time.monotonic()
+            answer = await client.get("/slow")
+            return answer.status_code, time.monotonic() - started
+
+        answers = await asyncio.gather(*(timed() for _ in range(30)))
+        gate.set()
+        await held
+    assert {status for status, _ in answers} == {503}
+    at_once = [waited for _, waited in answers if waited < 0.15]
+    queued = [waited for _, waited in answers if waited >= 0.15]
+    assert len(at_once) >= 5, f"past the budget's worth of queue, shed on arrival: {answers}"
+    assert queued and all(waited < 1.5 for waited in queued), "the rest waited the budget out"
+
+
+def test_while_the_event_loop_runs_late_new_requests_are_shed() -> None:
+    asyncio.run(_while_the_event_loop_runs_late_new_requests_are_shed())
+
+
+async def _while_the_event_loop_runs_late_new_requests_are_shed() -> None:
+    app, _ = _app(limit=8, budget_ms=250)
+    async with _client(app) as client:
+        assert (await client.get("/takes", params={"seconds": 0.03})).status_code == 200
+        for _ in range(2):  # late twice running: not one hiccup
+            assert (await client.get("/blocks")).status_code == 200
+            await asyncio.sleep(0.001)  # a few turns of the loop, in which the lateness is noticed
+        late = await client.get("/takes", params={"seconds": 0})
+        await asyncio.sleep(0.05)
+        caught_up = await client.get("/takes", params={"seconds": 0})
+    assert late.status_code == 503
+    assert caught_up.status_code == 200
