@@ -39,7 +39,12 @@ from schemas.money import to_minor
 
 
 class Delta(NamedTuple):
-    """What one event does to a member's point totals (a tuple: built for every event)."""
+    """What one event does to a member's point totals (a tuple: built for every event).
+
+    The events of each command keep lifetime_earned + adjusted - redeemed - expired - reversed
+    equal to available + pending. `debt` is the part of the reversals that found the points already spent;
+    `available` counts it already, and later credits repay it first.
+    """
 
     available: int = 0
     pending: int = 0
@@ -48,6 +53,7 @@ class Delta(NamedTuple):
     expired: int = 0
     reversed: int = 0
     adjusted: int = 0
+    debt: int = 0
 
     @property
     def outstanding(self) -> int:
@@ -61,21 +67,26 @@ def delta(data: EventData) -> Delta:
     match data:
         case PointsEarned():
             if data.matures_at is None:
-                return Delta(available=data.points, lifetime_earned=data.points)
-            return Delta(pending=data.points, lifetime_earned=data.points)
+                return Delta(available=data.points, lifetime_earned=data.points, debt=-data.debt_repaid)
+            return Delta(pending=data.points, lifetime_earned=data.points, debt=-data.debt_repaid)
         case PointsMatured():
-            return Delta(available=data.points, pending=-data.points)
+            return Delta(available=data.points, pending=-data.points, debt=-data.debt_repaid)
         case PointsReversed():
             from_pending = sum(item.points for item in data.from_pending)
-            return Delta(available=from_pending - data.points, pending=-from_pending, reversed=data.points)
+            return Delta(
+                available=from_pending - data.points,
+                pending=-from_pending,
+                reversed=data.points,
+                debt=data.debt_added,
+            )
         case PointsRedeemed():
             return Delta(available=-data.points, redeemed=data.points)
         case RedemptionCancelled():
             return Delta(redeemed=-data.points)
         case PointsRestored():
-            return Delta(available=data.points)
+            return Delta(available=data.points, debt=-data.debt_repaid)
         case PointsAdjusted():
-            return Delta(available=data.points, adjusted=data.points)
+            return Delta(available=data.points, adjusted=data.points, debt=-data.debt_repaid)
         case PointsExpired():
             return Delta(available=-data.points, expired=data.points)
     return NO_CHANGE
@@ -94,6 +105,7 @@ class MemberChange:
     expired: int = 0
     reversed: int = 0
     adjusted: int = 0
+    debt: int = 0
     enrolled_at: datetime | None = None
     tier: str | None = None
     tier_changed_at: datetime | None = None
@@ -112,6 +124,7 @@ class MemberChange:
         self.expired += change.expired
         self.reversed += change.reversed
         self.adjusted += change.adjusted
+        self.debt += change.debt
 
 
 @dataclass(slots=True)

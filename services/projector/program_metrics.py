@@ -95,6 +95,7 @@ def periods(
                 points_redeemed=during.points_redeemed,
                 points_expired=during.points_expired,
                 points_reversed=during.points_reversed,
+                points_adjusted=during.points_adjusted,
                 breakage_rate=_ratio(during.points_expired, during.points_earned),
                 lifetime_breakage_rate=_ratio(upto.points_expired, upto.points_earned),
                 liability_points=upto.points_outstanding,

@@ -95,7 +95,9 @@ async def balance_at(
                coalesce(sum(lifetime_earned), 0)::bigint AS lifetime_earned,
                coalesce(sum(redeemed), 0)::bigint AS redeemed,
                coalesce(sum(expired), 0)::bigint AS expired,
-               coalesce(sum(reversed), 0)::bigint AS reversed
+               coalesce(sum(reversed), 0)::bigint AS reversed,
+               coalesce(sum(adjusted), 0)::bigint AS adjusted,
+               coalesce(sum(debt), 0)::bigint AS debt
         FROM member_events
         WHERE member_id = %(member)s
           AND (%(as_of)s::timestamptz IS NULL OR occurred_at <= %(as_of)s)

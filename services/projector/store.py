@@ -107,10 +107,10 @@ MEMBER_ROWS = """
     FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
         %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
         %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-        %b::bigint[], %b::bigint[], %b::boolean[])
+        %b::bigint[], %b::bigint[], %b::bigint[], %b::boolean[])
         AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
              lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
-             next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
+             next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor, debt,
              evaluation_set)
 """
 
@@ -143,7 +143,8 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
                 last_purchase_at = GREATEST(m.last_purchase_at, u.last_purchase_at),
                 purchases = m.purchases + u.purchases,
                 spend_minor = m.spend_minor + u.spend_minor,
-                refunded_minor = m.refunded_minor + u.refunded_minor
+                refunded_minor = m.refunded_minor + u.refunded_minor,
+                debt = m.debt + u.debt
             """
             + MEMBER_ROWS
             + "WHERE m.member_id = u.member_id",
@@ -172,6 +173,7 @@ def _member_row(member: str, c: MemberChange) -> tuple[Any, ...]:
         c.purchases,
         c.spend_minor,
         c.refunded_minor,
+        c.debt,
     )
 
 
@@ -188,7 +190,8 @@ EVENT_COLUMNS = (
     ("member_id", "text"), ("sequence", "int8"), ("type", "text"), ("occurred_at", "timestamptz"),
     ("recorded_at", "timestamptz"), ("available", "int8"), ("pending", "int8"),
     ("lifetime_earned", "int8"), ("redeemed", "int8"), ("expired", "int8"), ("reversed", "int8"),
-    ("amount_minor", "int8"), ("reference", "text"), ("event", "text"),
+    ("amount_minor", "int8"), ("reference", "text"), ("event", "text"), ("adjusted", "int8"),
+    ("debt", "int8"),
 )
 MEMBER_COLUMNS = (
     ("member_id", "text"), ("last_sequence", "int8"), ("last_event_at", "timestamptz"),
@@ -196,7 +199,7 @@ MEMBER_COLUMNS = (
     ("lifetime_earned", "int8"), ("redeemed", "int8"), ("expired", "int8"), ("reversed", "int8"),
     ("adjusted", "int8"), ("tier", "text"), ("tier_changed_at", "timestamptz"),
     ("next_evaluation_at", "timestamptz"), ("last_purchase_at", "timestamptz"), ("purchases", "int8"),
-    ("spend_minor", "int8"), ("refunded_minor", "int8"),
+    ("spend_minor", "int8"), ("refunded_minor", "int8"), ("debt", "int8"),
 )
 LOT_COLUMNS = (
     ("member_id", "text"), ("lot_id", "text"), ("points", "int8"), ("expires_at", "timestamptz"),
@@ -295,6 +298,8 @@ def copy_events(cur: psycopg.Cursor, folded: Folded) -> None:
                 row.amount_minor,
                 row.reference,
                 row.raw,
+                row.change.adjusted,
+                row.change.debt,
             )
             for row in folded.events
         ],

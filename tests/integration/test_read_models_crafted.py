@@ -166,3 +166,52 @@ def test_a_purchase_id_used_again_after_the_ledger_forgot_it(isolated: Isolated,
                 "SELECT purchase_id, amount_minor, refunded_minor FROM member_purchases ORDER BY sequence"
             ).fetchall()
         assert rows == [("o-1", 10000, 0), ("o-2", 10000, 0), ("o-1", 20000, 5000)]
+
+
+def test_the_balance_reconciles_with_adjustments_and_debt(isolated: Isolated, running: Running) -> None:
+    log = [
+        *log_of("b-adj", make.enrol(at(2025, 3, 1)), make.adjust("a-1", 500, at(2025, 3, 2))),
+        *log_of(
+            "b-debt",
+            make.purchase("o-1", 100000, at(2025, 3, 1)),  # 1000 points
+            make.redeem("rd-1", 1000, at(2025, 3, 2)),
+            make.refund("rf-1", "o-1", 100000, at(2025, 3, 3)),  # 1000 reversed, all of them spent
+            make.purchase("o-2", 30000, at(2025, 3, 4)),  # 300 points repay 300 of the debt
+        ),
+    ]
+    with projected(isolated, running, log) as read:
+        assert read.get("/v1/members/b-adj").json()["balance"] == {
+            "available": 500,
+            "pending": 0,
+            "lifetime_earned": 0,
+            "adjusted": 500,
+            "redeemed": 0,
+            "expired": 0,
+            "reversed": 0,
+            "debt": 0,
+        }
+        balance = read.get("/v1/members/b-debt/balance").json()
+        assert {
+            key: balance[key] for key in ("available", "lifetime_earned", "redeemed", "reversed", "debt")
+        } == {
+            "available": -700,
+            "lifetime_earned": 1300,
+            "redeemed": 1000,
+            "reversed": 1000,
+            "debt": 700,
+        }
+        before = read.get("/v1/members/b-debt/balance", params={"as_of": "2025-03-03T12:00:00Z"}).json()
+        assert (before["available"], before["debt"]) == (-1000, 1000)
+        for shown in (balance, before, read.get("/v1/members/b-debt").json()["balance"]):
+            earned = shown["lifetime_earned"] + shown["adjusted"]
+            spent = shown["redeemed"] + shown["expired"] + shown["reversed"]
+            assert earned - spent == shown["available"] + shown["pending"]
+
+        (march,) = read.get("/v1/metrics", params={"from": "2025-03-01", "to": "2025-03-31"}).json()[
+            "periods"
+        ]
+        assert (march["points_earned"], march["points_adjusted"], march["points_reversed"]) == (
+            1300,
+            500,
+            1000,
+        )
