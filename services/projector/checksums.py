@@ -13,8 +13,8 @@ READ_MODEL_TABLES = (
     "member_categories",
     "tier_history",
     "member_events",
-    "program_days",
-    "program_tier_days",
+    "program_quarter_hours",
+    "program_tier_quarter_hours",
     "program_rules",
     "member_profiles",
 )

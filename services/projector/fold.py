@@ -1,14 +1,14 @@
 """What a batch of events changes in the read models, decided without touching the database.
 
-Events are folded into per-row increments (members, lots, days) and new rows (events, tier
-history); the store writes them in one transaction with the checkpoint.
+Events are folded into per-row increments (members, lots, program quarter hours) and new rows
+(events, tier history); the store writes them in one transaction with the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from pydantic import ValidationError
@@ -151,7 +151,10 @@ class ProfileChange:
 
 
 @dataclass(slots=True)
-class DayChange:
+class ProgramTotals:
+    """Program totals over a stretch of business time: a quarter hour in the read models, a day of
+    the program's calendar in the metrics."""
+
     enrolments: int = 0
     purchases: int = 0
     spend_minor: int = 0
@@ -198,8 +201,9 @@ class Folded:
     tier_history: list[tuple[Event, TierChanged]] = field(default_factory=list)
     profiles: dict[str, ProfileChange] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
-    days: dict[date, DayChange] = field(default_factory=dict)
-    tier_days: dict[tuple[date, str], int] = field(default_factory=dict)
+    # Program totals and tier moves per UTC quarter hour of business time (see `quarter_hour`).
+    quarter_hours: dict[datetime, ProgramTotals] = field(default_factory=dict)
+    tier_quarter_hours: dict[tuple[datetime, str], int] = field(default_factory=dict)
     rules: list[tuple[Event, ProgramRulesChanged]] = field(default_factory=list)
     applied: int = 0
     # Why events were not applied (duplicate, unknown type, malformed), and how many.
@@ -280,13 +284,14 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         return
     change = delta(data)
     member.add(change)
-    day = _day(folded, event.occurred_at.date())
-    day.points_earned += change.lifetime_earned
-    day.points_redeemed += change.redeemed
-    day.points_expired += change.expired
-    day.points_reversed += change.reversed
-    day.points_adjusted += change.adjusted
-    day.points_outstanding += change.outstanding
+    when = quarter_hour(event.occurred_at)
+    totals = _totals(folded, when)
+    totals.points_earned += change.lifetime_earned
+    totals.points_redeemed += change.redeemed
+    totals.points_expired += change.expired
+    totals.points_reversed += change.reversed
+    totals.points_adjusted += change.adjusted
+    totals.points_outstanding += change.outstanding
     amount, reference = _what(data)
     folded.events.append(EventRow(event, change, raw, amount, reference))
     _lots(folded, event.member_id, data)
@@ -294,8 +299,8 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         case MemberEnrolled():
             member.enrolled_at = event.occurred_at
             member.tier = data.tier
-            day.enrolments += 1
-            _tier_day(folded, event.occurred_at.date(), data.tier, 1)
+            totals.enrolments += 1
+            _tier_move(folded, when, data.tier, 1)
             if data.profile is not None:
                 _profile(folded, event.member_id, data.profile)
         case ProfileUpdated():
@@ -311,8 +316,8 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
                 member.last_purchase_at = event.occurred_at
             member.purchases += 1
             member.spend_minor += data.amount_minor
-            day.purchases += 1
-            day.spend_minor += data.amount_minor
+            totals.purchases += 1
+            totals.spend_minor += data.amount_minor
             spends: dict[str, int] = {}
             for item in data.items:
                 spends[item.category] = spends.get(item.category, 0) + to_minor(item.amount)
@@ -327,7 +332,7 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
                 event.sequence,
             )
             member.refunded_minor += data.amount_minor
-            day.refunded_minor += data.amount_minor
+            totals.refunded_minor += data.amount_minor
         case TierChanged():
             member.tier = data.to_tier
             member.tier_changed_at = event.occurred_at
@@ -335,11 +340,11 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             member.next_evaluation_at = data.next_evaluation_at
             folded.tier_history.append((event, data))
             if data.reason == "promotion":
-                day.promotions += 1
+                totals.promotions += 1
             elif data.reason == "demotion":
-                day.demotions += 1
-            _tier_day(folded, event.occurred_at.date(), data.from_tier, -1)
-            _tier_day(folded, event.occurred_at.date(), data.to_tier, 1)
+                totals.demotions += 1
+            _tier_move(folded, when, data.from_tier, -1)
+            _tier_move(folded, when, data.to_tier, 1)
         case TierRetained():
             member.evaluation_set = True
             member.next_evaluation_at = data.next_evaluation_at
@@ -416,12 +421,20 @@ def _profile(folded: Folded, member_id: str, profile: EncryptedProfile) -> None:
     change.fields.update({name: value for name, value in profile.fields.items()})
 
 
-def _day(folded: Folded, day: date) -> DayChange:
-    found = folded.days.get(day)
+def quarter_hour(moment: datetime) -> datetime:
+    """The UTC quarter hour holding `moment`. Every time zone in use is a whole number of quarter
+    hours from UTC, so the days and months of any program calendar are sums of quarter hours: the
+    read models need not know the program's time zone, and a change of it needs no rebuild."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
+
+
+def _totals(folded: Folded, when: datetime) -> ProgramTotals:
+    found = folded.quarter_hours.get(when)
     if found is None:
-        found = folded.days[day] = DayChange()
+        found = folded.quarter_hours[when] = ProgramTotals()
     return found
 
 
-def _tier_day(folded: Folded, day: date, tier: str, members: int) -> None:
-    folded.tier_days[(day, tier)] = folded.tier_days.get((day, tier), 0) + members
+def _tier_move(folded: Folded, when: datetime, tier: str, members: int) -> None:
+    folded.tier_quarter_hours[(when, tier)] = folded.tier_quarter_hours.get((when, tier), 0) + members

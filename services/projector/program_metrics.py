@@ -1,4 +1,4 @@
-"""Program metrics per period, from the per-day totals: pure arithmetic, no database."""
+"""Program metrics per period, from the totals per day of the program's calendar: pure arithmetic."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 from datetime import date, timedelta
 from typing import Literal
 
-from services.projector.fold import DayChange
+from services.projector.fold import ProgramTotals
 from services.projector.views import PeriodMetrics
 
 Period = Literal["day", "month"]
@@ -33,22 +33,24 @@ def period_starts(period: Period, first: date, last: date) -> list[date]:
 class _Running:
     """Totals of the days before a moment, for moments in increasing order: one pass over the days."""
 
-    def __init__(self, days: dict[date, DayChange]) -> None:
+    def __init__(self, days: dict[date, ProgramTotals]) -> None:
         self._days = sorted(days.items())
         self._next = 0
-        self.total = DayChange()
+        self.total = ProgramTotals()
 
-    def before(self, moment: date) -> DayChange:
+    def before(self, moment: date) -> ProgramTotals:
         while self._next < len(self._days) and self._days[self._next][0] < moment:
             change = self._days[self._next][1]
-            for f in fields(DayChange):
+            for f in fields(ProgramTotals):
                 setattr(self.total, f.name, getattr(self.total, f.name) + getattr(change, f.name))
             self._next += 1
         return replace(self.total)
 
 
-def _minus(later: DayChange, earlier: DayChange) -> DayChange:
-    return DayChange(**{f.name: getattr(later, f.name) - getattr(earlier, f.name) for f in fields(DayChange)})
+def _minus(later: ProgramTotals, earlier: ProgramTotals) -> ProgramTotals:
+    return ProgramTotals(
+        **{f.name: getattr(later, f.name) - getattr(earlier, f.name) for f in fields(ProgramTotals)}
+    )
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -57,7 +59,7 @@ def _ratio(part: int, whole: int) -> float | None:
 
 def periods(
     starts: list[date],
-    days: dict[date, DayChange],
+    days: dict[date, ProgramTotals],
     tier_days: dict[tuple[date, str], int],
     active: dict[date, int],
     value_minor_per_point: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import date, datetime
 from typing import Any, LiteralString
 
@@ -9,7 +10,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from schemas.rules import ProgramRules
-from services.projector.fold import DayChange
+from services.projector.fold import ProgramTotals
 
 ACTIVITY_TYPES = [
     "MemberEnrolled",
@@ -186,26 +187,47 @@ async def segment_members(
 
 
 async def program_days(
-    conn: AsyncConnection, end: date
-) -> tuple[dict[date, DayChange], dict[tuple[date, str], int]]:
+    conn: AsyncConnection, zone: str, end: date
+) -> tuple[dict[date, ProgramTotals], dict[tuple[date, str], int]]:
+    """Program totals and tier moves per day of the program's calendar in `zone`, before `end`."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute("SELECT * FROM program_days WHERE day < %s", (end,))
-    days = {row.pop("day"): DayChange(**row) for row in await cur.fetchall()}
-    tiers = await conn.execute("SELECT day, tier, members FROM program_tier_days WHERE day < %s", (end,))
+    params = {"zone": zone, "end": end}
+    await cur.execute(
+        sql.SQL(
+            """
+            SELECT (starts_at AT TIME ZONE %(zone)s)::date AS day, {sums} FROM program_quarter_hours
+            WHERE starts_at < %(end)s::timestamp AT TIME ZONE %(zone)s GROUP BY 1
+            """
+        ).format(
+            sums=sql.SQL(", ").join(
+                sql.SQL("sum({0})::bigint AS {0}").format(sql.Identifier(f.name))
+                for f in fields(ProgramTotals)
+            )
+        ),
+        params,
+    )
+    days = {row.pop("day"): ProgramTotals(**row) for row in await cur.fetchall()}
+    tiers = await conn.execute(
+        """
+        SELECT (starts_at AT TIME ZONE %(zone)s)::date, tier, sum(members) FROM program_tier_quarter_hours
+        WHERE starts_at < %(end)s::timestamp AT TIME ZONE %(zone)s GROUP BY 1, 2
+        """,
+        params,
+    )
     return days, {(day, tier): int(members) for day, tier, members in await tiers.fetchall()}
 
 
-async def active_members(conn: AsyncConnection, starts: list[date]) -> dict[date, int]:
-    """Members with a purchase in each period [starts[i], starts[i+1])."""
+async def active_members(conn: AsyncConnection, zone: str, starts: list[date]) -> dict[date, int]:
+    """Members with a purchase in each period [starts[i], starts[i+1]) of the calendar in `zone`."""
     cur = await conn.execute(
         """
         SELECT b.start, count(DISTINCT p.member_id)
         FROM unnest(%s::date[], %s::date[]) AS b(start, stop)
         JOIN member_purchases p
-          ON p.occurred_at >= b.start::timestamp AT TIME ZONE 'UTC'
-         AND p.occurred_at < b.stop::timestamp AT TIME ZONE 'UTC'
+          ON p.occurred_at >= b.start::timestamp AT TIME ZONE %s
+         AND p.occurred_at < b.stop::timestamp AT TIME ZONE %s
         GROUP BY b.start
         """,
-        (starts[:-1], starts[1:]),
+        (starts[:-1], starts[1:], zone, zone),
     )
     return {start: int(count) for start, count in await cur.fetchall()}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from services.projector.fold import Folded, MemberChange
+from services.projector.fold import Folded, MemberChange, ProgramTotals
 
 
 def checkpoints(conn: psycopg.Connection, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -54,7 +55,7 @@ def write(
     `batch` maps each partition to (next offset, records read); `started` is when the batch
     began (time.monotonic), for the apply-time statistics. Events and new rows go by COPY, the
     rest in one pipeline. A member's rows are written only under its partition's lock; the rows
-    partitions share (program days) are written in key order, so two instances cannot deadlock.
+    partitions share (program quarter hours) are written in key order, so two instances cannot deadlock.
     """
     with conn.cursor() as cur:
         copy_events(cur, folded)
@@ -431,54 +432,41 @@ def _tiers(cur: psycopg.Cursor, folded: Folded) -> None:
     )
 
 
+# The program totals' columns, as ProgramTotals names them.
+TOTALS = tuple(f.name for f in fields(ProgramTotals))
+
+
 def _program(cur: psycopg.Cursor, folded: Folded) -> None:
-    if folded.days:
-        cur.executemany(
-            """
-            INSERT INTO program_days AS d (day, enrolments, purchases, spend_minor, refunded_minor,
-                points_earned, points_redeemed, points_expired, points_reversed, points_adjusted,
-                points_outstanding, promotions, demotions)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (day) DO UPDATE SET
-                enrolments = d.enrolments + EXCLUDED.enrolments,
-                purchases = d.purchases + EXCLUDED.purchases,
-                spend_minor = d.spend_minor + EXCLUDED.spend_minor,
-                refunded_minor = d.refunded_minor + EXCLUDED.refunded_minor,
-                points_earned = d.points_earned + EXCLUDED.points_earned,
-                points_redeemed = d.points_redeemed + EXCLUDED.points_redeemed,
-                points_expired = d.points_expired + EXCLUDED.points_expired,
-                points_reversed = d.points_reversed + EXCLUDED.points_reversed,
-                points_adjusted = d.points_adjusted + EXCLUDED.points_adjusted,
-                points_outstanding = d.points_outstanding + EXCLUDED.points_outstanding,
-                promotions = d.promotions + EXCLUDED.promotions,
-                demotions = d.demotions + EXCLUDED.demotions
-            """,
-            [
-                (
-                    day,
-                    c.enrolments,
-                    c.purchases,
-                    c.spend_minor,
-                    c.refunded_minor,
-                    c.points_earned,
-                    c.points_redeemed,
-                    c.points_expired,
-                    c.points_reversed,
-                    c.points_adjusted,
-                    c.points_outstanding,
-                    c.promotions,
-                    c.demotions,
-                )
-                for day, c in sorted(folded.days.items())
-            ],
+    """Program totals incremented per quarter hour, in one statement over column arrays."""
+    if folded.quarter_hours:
+        names = sql.SQL(", ").join(map(sql.Identifier, TOTALS))
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO program_quarter_hours AS q (starts_at, {names}) "
+                "SELECT * FROM unnest(%b::timestamptz[], {arrays}) "
+                "ON CONFLICT (starts_at) DO UPDATE SET {increments}"
+            ).format(
+                names=names,
+                arrays=sql.SQL(", ").join(sql.SQL("%b::bigint[]") for _ in TOTALS),
+                increments=sql.SQL(", ").join(
+                    sql.SQL("{0} = q.{0} + EXCLUDED.{0}").format(sql.Identifier(name)) for name in TOTALS
+                ),
+            ),
+            _columns(
+                [
+                    (when, *(getattr(totals, name) for name in TOTALS))
+                    for when, totals in sorted(folded.quarter_hours.items())
+                ]
+            ),
         )
-    if folded.tier_days:
-        cur.executemany(
+    if folded.tier_quarter_hours:
+        cur.execute(
             """
-            INSERT INTO program_tier_days AS t (day, tier, members) VALUES (%s, %s, %s)
-            ON CONFLICT (day, tier) DO UPDATE SET members = t.members + EXCLUDED.members
+            INSERT INTO program_tier_quarter_hours AS t (starts_at, tier, members)
+            SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::bigint[])
+            ON CONFLICT (starts_at, tier) DO UPDATE SET members = t.members + EXCLUDED.members
             """,
-            [(day, tier, n) for (day, tier), n in sorted(folded.tier_days.items())],
+            _columns([(when, tier, n) for (when, tier), n in sorted(folded.tier_quarter_hours.items())]),
         )
     for event, data in folded.rules:
         cur.execute(

@@ -215,3 +215,32 @@ def test_the_balance_reconciles_with_adjustments_and_debt(isolated: Isolated, ru
             500,
             1000,
         )
+
+
+def test_days_and_months_are_those_of_the_program_time_zone(isolated: Isolated, running: Running) -> None:
+    beijing_march_1st = datetime(2025, 2, 28, 19, 0, tzinfo=UTC)  # 03:00 on 1 March in Beijing
+    log = [
+        *log_of("z-1", make.purchase("o-1", 10000, beijing_march_1st)),
+        *log_of("z-2", make.purchase("o-2", 20000, at(2025, 2, 28, hour=15))),  # 23:00 on 28 February
+    ]
+    with projected(isolated, running, log) as read:
+        feb, mar = read.get("/v1/metrics", params={"from": "2025-02-01", "to": "2025-03-31"}).json()[
+            "periods"
+        ]
+        assert (feb["new_members"], feb["purchases"], feb["spend_minor"], feb["active_members"]) == (
+            1,
+            1,
+            20000,
+            1,
+        )
+        assert (mar["new_members"], mar["purchases"], mar["spend_minor"], mar["active_members"]) == (
+            1,
+            1,
+            10000,
+            1,
+        )
+        assert (feb["tier_distribution"], mar["tier_distribution"]) == ({"regular": 1}, {"regular": 2})
+        (first,) = read.get(
+            "/v1/metrics", params={"period": "day", "from": "2025-03-01", "to": "2025-03-01"}
+        ).json()["periods"]
+        assert (first["purchases"], first["points_earned"], first["members_at_start"]) == (1, 100, 1)

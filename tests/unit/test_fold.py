@@ -69,7 +69,7 @@ def test_an_adjustment_is_its_own_figure_and_the_balance_reconciles() -> None:
     member = folded.members["m-a"]
     assert (member.available, member.lifetime_earned, member.adjusted) == (500, 0, 500)
     assert reconciles(member)
-    assert sum(day.points_adjusted for day in folded.days.values()) == 500
+    assert sum(totals.points_adjusted for totals in folded.quarter_hours.values()) == 500
 
 
 def test_a_refund_of_spent_points_is_debt_that_later_earnings_repay() -> None:

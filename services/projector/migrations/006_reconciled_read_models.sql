@@ -10,3 +10,31 @@ ALTER TABLE members ADD COLUMN debt bigint NOT NULL DEFAULT 0;
 ALTER TABLE member_events
     ADD COLUMN adjusted bigint NOT NULL DEFAULT 0,
     ADD COLUMN debt bigint NOT NULL DEFAULT 0;
+
+-- Program totals per UTC quarter hour of business time, replacing per-UTC-day ones: the read API
+-- sums them into days and months of the program's time zone (the rule in force), and every time
+-- zone in use is a whole number of quarter hours from UTC.
+DROP TABLE program_days, program_tier_days;
+CREATE TABLE program_quarter_hours (
+    starts_at timestamptz PRIMARY KEY,
+    enrolments bigint NOT NULL DEFAULT 0,
+    purchases bigint NOT NULL DEFAULT 0,
+    spend_minor bigint NOT NULL DEFAULT 0,
+    refunded_minor bigint NOT NULL DEFAULT 0,
+    points_earned bigint NOT NULL DEFAULT 0,
+    points_redeemed bigint NOT NULL DEFAULT 0,
+    points_expired bigint NOT NULL DEFAULT 0,
+    points_reversed bigint NOT NULL DEFAULT 0,
+    points_adjusted bigint NOT NULL DEFAULT 0,
+    -- Change in outstanding points (available + pending), debts netted.
+    points_outstanding bigint NOT NULL DEFAULT 0,
+    promotions bigint NOT NULL DEFAULT 0,
+    demotions bigint NOT NULL DEFAULT 0
+);
+-- Members entering (+1) and leaving (-1) each tier per quarter hour.
+CREATE TABLE program_tier_quarter_hours (
+    starts_at timestamptz NOT NULL,
+    tier text NOT NULL,
+    members bigint NOT NULL,
+    PRIMARY KEY (starts_at, tier)
+);
