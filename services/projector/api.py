@@ -37,7 +37,7 @@ from services.personal_data.crypto import InvalidKey
 from services.problems import Problem, install_problem_handlers
 from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
-from services.projector.program_metrics import Period, period_count, period_starts, periods
+from services.projector.program_metrics import Period, period_count, period_starts, periods, value_in_force
 from services.projector.segments import RECENCY, recency, recency_bounds
 from services.projector.settings import ProjectorSettings
 from services.projector.views import (
@@ -403,10 +403,12 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         async with backend.pool.connection() as conn:
             days, tier_days = await queries.program_days(conn, rules.time_zone, starts[-1])
             active = await queries.active_members(conn, rules.time_zone, starts)
+            recorded = await queries.recorded_rules(conn)
+        values = [value_in_force(recorded, end, rules) for end in starts[1:]]
         return ProgramMetrics(
             period=period,
             rules_version=rules.version,
-            periods=periods(starts, days, tier_days, active, rules.redemption_value_minor_per_point),
+            periods=periods(starts, days, tier_days, active, values),
         )
 
     @app.get("/healthz", response_model=Health)

@@ -165,6 +165,9 @@ class ProgramTotals:
     points_reversed: int = 0
     points_adjusted: int = 0
     points_outstanding: int = 0
+    # Change in what the program owes: the sum over members of max(0, available + pending). A
+    # member's debt is not netted against the points of others.
+    points_liability: int = 0
     promotions: int = 0
     demotions: int = 0
 
@@ -187,6 +190,9 @@ class NewPurchase(NamedTuple):
 class Folded:
     # Streams that already have a row: their changes are increments, the others new rows.
     known: set[str] = field(default_factory=set)
+    # Each member's available + pending, as stored before the batch and then after each event in
+    # sequence (the order the ledger took them), for `points_liability`.
+    balances: dict[str, int] = field(default_factory=dict)
     members: dict[str, MemberChange] = field(default_factory=dict)
     lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
     # (member, sequence) -> the purchase that event recorded.
@@ -292,6 +298,8 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
     totals.points_reversed += change.reversed
     totals.points_adjusted += change.adjusted
     totals.points_outstanding += change.outstanding
+    if change.outstanding:
+        totals.points_liability += _liability_change(folded, event.member_id, change.outstanding)
     amount, reference = _what(data)
     folded.events.append(EventRow(event, change, raw, amount, reference))
     _lots(folded, event.member_id, data)
@@ -348,6 +356,13 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         case TierRetained():
             member.evaluation_set = True
             member.next_evaluation_at = data.next_evaluation_at
+
+
+def _liability_change(folded: Folded, member_id: str, outstanding: int) -> int:
+    """How much more the program owes the member: only a balance above zero is owed."""
+    before = folded.balances.get(member_id, 0)
+    after = folded.balances[member_id] = before + outstanding
+    return max(0, after) - max(0, before)
 
 
 def _what(data: EventData) -> tuple[int | None, str | None]:

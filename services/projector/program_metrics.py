@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import fields, replace
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Literal
 
+from schemas.rules import ProgramRules
 from services.projector.fold import ProgramTotals
 from services.projector.views import PeriodMetrics
 
@@ -57,20 +58,37 @@ def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
+def value_in_force(recorded: list[tuple[datetime, ProgramRules]], day: date, rules: ProgramRules) -> int:
+    """The redemption value of a point when `day` began in the program's calendar: that of the
+    rules recorded last before (`recorded` is oldest first). Before the first recording, the first
+    rules were the program's; with none recorded, `rules` (the defaults) are.
+    """
+    moment = datetime.combine(day, time(), rules.zone)
+    value = (recorded[0][1] if recorded else rules).redemption_value_minor_per_point
+    for recorded_at, then in recorded:
+        if recorded_at >= moment:
+            break
+        value = then.redemption_value_minor_per_point
+    return value
+
+
 def periods(
     starts: list[date],
     days: dict[date, ProgramTotals],
     tier_days: dict[tuple[date, str], int],
     active: dict[date, int],
-    value_minor_per_point: int,
+    values_minor_per_point: list[int],
 ) -> list[PeriodMetrics]:
-    """One entry per consecutive pair of `starts`; `active` counts purchasing members per period start."""
+    """One entry per consecutive pair of `starts`; `active` counts purchasing members per period
+    start, `values_minor_per_point` the value of a point at each period's end."""
     running = _Running(days)
     tier_moves, moved = sorted(tier_days.items()), 0
     distribution: dict[str, int] = {}
     result = []
     before = running.before(starts[0])
-    for start, end in itertools.pairwise(starts):
+    for (start, end), value_minor_per_point in zip(
+        itertools.pairwise(starts), values_minor_per_point, strict=True
+    ):
         upto = running.before(end)
         during = _minus(upto, before)
         while moved < len(tier_moves) and tier_moves[moved][0][0] < end:
@@ -100,8 +118,9 @@ def periods(
                 points_adjusted=during.points_adjusted,
                 breakage_rate=_ratio(during.points_expired, during.points_earned),
                 lifetime_breakage_rate=_ratio(upto.points_expired, upto.points_earned),
-                liability_points=upto.points_outstanding,
-                liability_minor=upto.points_outstanding * value_minor_per_point,
+                liability_points=upto.points_liability,
+                liability_minor=upto.points_liability * value_minor_per_point,
+                owed_by_members_points=upto.points_liability - upto.points_outstanding,
                 promotions=during.promotions,
                 demotions=during.demotions,
                 tier_distribution={tier: n for tier, n in sorted(distribution.items()) if n},

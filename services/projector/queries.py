@@ -35,6 +35,12 @@ async def rules(conn: AsyncConnection) -> ProgramRules:
     return ProgramRules() if row is None else ProgramRules.model_validate(row[0])
 
 
+async def recorded_rules(conn: AsyncConnection) -> list[tuple[datetime, ProgramRules]]:
+    """Every version of the rules with when it was recorded, oldest first."""
+    cur = await conn.execute("SELECT occurred_at, rules FROM program_rules ORDER BY occurred_at, version")
+    return [(recorded_at, ProgramRules.model_validate(rules)) for recorded_at, rules in await cur.fetchall()]
+
+
 async def applied_sequence(conn: AsyncConnection, member_id: str) -> int | None:
     """The last applied sequence of an enrolled member; None for an unknown member."""
     cur = await conn.execute(

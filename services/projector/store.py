@@ -36,11 +36,13 @@ def lock_partitions(conn: psycopg.Connection, topic: str, partitions: Iterable[i
     )
 
 
-def last_sequences(conn: psycopg.Connection, member_ids: Iterable[str]) -> dict[str, int]:
+def applied(conn: psycopg.Connection, member_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(last applied sequence, available + pending) of the members that have a row."""
     rows = conn.execute(
-        "SELECT member_id, last_sequence FROM members WHERE member_id = ANY(%s)", (list(member_ids),)
+        "SELECT member_id, last_sequence, available + pending FROM members WHERE member_id = ANY(%s)",
+        (list(member_ids),),
     ).fetchall()
-    return {str(member): int(sequence) for member, sequence in rows}
+    return {str(member): (int(sequence), int(balance)) for member, sequence, balance in rows}
 
 
 def write(

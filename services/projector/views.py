@@ -164,8 +164,17 @@ class PeriodMetrics(BaseModel):
     points_adjusted: int = Field(description="points added less points removed by hand")
     breakage_rate: float | None = Field(description="expired / earned in the period")
     lifetime_breakage_rate: float | None = Field(description="expired / earned up to the end")
-    liability_points: int = Field(description="outstanding points (available + pending) at the end")
-    liability_minor: int = Field(description="their redemption value, CNY minor units")
+    liability_points: int = Field(
+        description="points owed to members at the end: the sum of balances (available + pending) above "
+        "zero; one member's debt is not netted against another's points"
+    )
+    liability_minor: int = Field(
+        description="their redemption value, CNY minor units, at the value of a point in force at the end"
+    )
+    owed_by_members_points: int = Field(
+        description="the sum of balances below zero at the end (refunds of points already spent); "
+        "liability_points - owed_by_members_points is the net outstanding"
+    )
     promotions: int
     demotions: int
     tier_distribution: dict[str, int] = Field(description="members per tier at the end")

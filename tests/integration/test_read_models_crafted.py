@@ -16,6 +16,8 @@ from tests.integration.projection import projected
 from tests.unit import ledger_fixtures as make
 from tests.unit.ledger_fixtures import at, log_of
 
+PROGRAM = "$program"
+
 
 def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running: Running) -> None:
     now = datetime.now(UTC)
@@ -244,3 +246,37 @@ def test_days_and_months_are_those_of_the_program_time_zone(isolated: Isolated, 
             "/v1/metrics", params={"period": "day", "from": "2025-03-01", "to": "2025-03-01"}
         ).json()["periods"]
         assert (first["purchases"], first["points_earned"], first["members_at_start"]) == (1, 100, 1)
+
+
+def test_liability_owes_positive_balances_at_the_value_of_the_time(
+    isolated: Isolated, running: Running
+) -> None:
+    program, rules_log = Account.new(PROGRAM), []
+    for rules, when in [
+        (ProgramRules(), at(2025, 1, 1)),
+        (ProgramRules(version=2, redemption_value_minor_per_point=20), at(2025, 2, 15)),
+    ]:
+        command = replace(make.record_rules(when, f"rules:{rules.version}"), member_id=PROGRAM)
+        program, _, events = make.apply(program, command, rules)
+        rules_log.extend(events)
+    log = [
+        *rules_log,
+        *log_of("l-a", make.purchase("o-1", 100000, at(2025, 1, 5))),  # 1,000 points
+        *log_of(
+            "l-b",
+            make.purchase("o-2", 30000, at(2025, 1, 5)),
+            make.redeem("rd-1", 300, at(2025, 1, 6)),
+            make.refund("rf-1", "o-2", 30000, at(2025, 1, 7)),  # -300
+        ),
+    ]
+    with projected(isolated, running, log) as read:
+        jan, feb = read.get("/v1/metrics", params={"from": "2025-01-01", "to": "2025-02-28"}).json()[
+            "periods"
+        ]
+        assert (jan["liability_points"], jan["owed_by_members_points"], jan["liability_minor"]) == (
+            1000,
+            300,
+            10000,
+        )
+        # February ends under rules 2: a point is worth 0.20 CNY.
+        assert (feb["liability_points"], feb["liability_minor"]) == (1000, 20000)

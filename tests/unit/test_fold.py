@@ -10,7 +10,7 @@ from services.ledger.domain.account import Account
 from services.ledger.domain.chain import seal
 from services.ledger.domain.commands import RecordPurchase
 from services.ledger.domain.decide import decide
-from services.projector.fold import MALFORMED, UNKNOWN_TYPE, MemberChange, decode, fold
+from services.projector.fold import MALFORMED, UNKNOWN_TYPE, Folded, MemberChange, decode, fold
 from tests.unit import ledger_fixtures as make
 from tests.unit.ledger_fixtures import at, log_of
 
@@ -84,3 +84,21 @@ def test_a_refund_of_spent_points_is_debt_that_later_earnings_repay() -> None:
     member = folded.members["m-d"]
     assert (member.available, member.debt, member.reversed) == (-700, 700, 1000)
     assert reconciles(member)
+
+
+def test_a_debt_is_not_netted_against_the_points_of_others() -> None:
+    """A at 1,000 and B at -300: the program owes 1,000 points, and B owes 300."""
+    a = log_of("m-la", make.purchase("o-1", 100000, at(2025, 3, 1)))
+    b = log_of(
+        "m-lb",
+        make.purchase("o-2", 30000, at(2025, 3, 1)),
+        make.redeem("rd-1", 300, at(2025, 3, 2)),
+        make.refund("rf-1", "o-2", 30000, at(2025, 3, 3)),
+    )
+    records = [decode(event.to_bytes()) for event in a + b]
+    # B's refund in a later batch, from B's stored balance of 0.
+    first = fold(records[: len(a) + len(b) - 2], {})
+    later = fold(records[len(a) + len(b) - 2 :], {}, into=Folded(known={"m-lb"}, balances={"m-lb": 0}))
+    liability = sum(t.points_liability for f in (first, later) for t in f.quarter_hours.values())
+    outstanding = sum(t.points_outstanding for f in (first, later) for t in f.quarter_hours.values())
+    assert (liability, outstanding) == (1000, 700)

@@ -1,13 +1,14 @@
-"""Days, months and recency follow the program's time zone, not UTC."""
+"""The program's calendar: days, months and recency in its time zone, and what a point was worth then."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
 from schemas.rules import ProgramRules
 from services.projector.fold import quarter_hour
+from services.projector.program_metrics import value_in_force
 from services.projector.segments import recency, recency_bounds
 
 # 04:00 on 1 April in Beijing, still 31 March in UTC.
@@ -38,3 +39,16 @@ def test_the_segments_bounds_are_midnights_of_the_program_calendar() -> None:
     bounds = recency_bounds(NOW, ProgramRules())
     assert bounds.active_since == datetime(2025, 3, 1, 16, 0, tzinfo=UTC)  # 2 March, 00:00 in Beijing
     assert bounds.silent_since == datetime(2024, 10, 2, 16, 0, tzinfo=UTC)
+
+
+def test_a_period_is_priced_at_the_value_of_a_point_in_force_at_its_end() -> None:
+    recorded = [
+        (datetime(2025, 1, 1, tzinfo=UTC), ProgramRules()),
+        (datetime(2025, 2, 15, tzinfo=UTC), ProgramRules(version=2, redemption_value_minor_per_point=20)),
+    ]
+    values = [
+        value_in_force(recorded, end, ProgramRules())
+        for end in (date(2024, 12, 1), date(2025, 2, 1), date(2025, 3, 1))
+    ]
+    assert values == [10, 10, 20]
+    assert value_in_force([], date(2025, 3, 1), ProgramRules(redemption_value_minor_per_point=5)) == 5

@@ -28,6 +28,8 @@ CREATE TABLE program_quarter_hours (
     points_adjusted bigint NOT NULL DEFAULT 0,
     -- Change in outstanding points (available + pending), debts netted.
     points_outstanding bigint NOT NULL DEFAULT 0,
+    -- Change in the points owed to members: the sum of balances above zero (debts not netted).
+    points_liability bigint NOT NULL DEFAULT 0,
     promotions bigint NOT NULL DEFAULT 0,
     demotions bigint NOT NULL DEFAULT 0
 );
