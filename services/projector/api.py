@@ -226,7 +226,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             enrolled_at=row["enrolled_at"],
             balance=Balance.model_validate(row),
             tier=_tier_status(row, rules, start),
-            segment=recency(row["last_purchase_at"] or row["enrolled_at"], recency_bounds(now, rules)),
+            segment=recency(row["last_kept_purchase_at"], recency_bounds(now, rules)),
             favourite_category=row["favourite"],
             profile=await _profile(member_id, row["profile_fields"], row["profile_erased"], masked=True),
             last_purchase_at=row["last_purchase_at"],
@@ -355,8 +355,9 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         segment: Annotated[
             str,
             Path(
-                description="`active`, `silent`, `churned` (recency of the last purchase), `core`, a tier "
-                "name, or `category:<name>` (favourite category)",
+                description="`active`, `silent`, `churned` (recency of the last purchase not refunded "
+                "in full), `new` (never bought), `core`, a tier name, or `category:<name>` (favourite "
+                "category)",
                 max_length=80,
                 pattern=r"^[^\x00]+$",
             ),
@@ -496,7 +497,7 @@ def _segment_condition(
         404,
         "segment_not_found",
         "Unknown segment",
-        f"{segment!r} is not active, silent, churned, core, category:<name> or a tier",
+        f"{segment!r} is not active, silent, churned, new, core, category:<name> or a tier",
     )
 
 

@@ -112,6 +112,8 @@ class MemberChange:
     evaluation_set: bool = False
     next_evaluation_at: datetime | None = None
     last_purchase_at: datetime | None = None
+    # The last purchase not refunded in full, as far as this batch knows: recency counts from it.
+    last_kept_purchase_at: datetime | None = None
     purchases: int = 0
     spend_minor: int = 0
     refunded_minor: int = 0
@@ -322,6 +324,10 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             folded.purchase_sequences[(event.member_id, data.purchase_id)] = event.sequence
             if member.last_purchase_at is None or event.occurred_at > member.last_purchase_at:
                 member.last_purchase_at = event.occurred_at
+            if data.amount_minor > 0 and (
+                member.last_kept_purchase_at is None or event.occurred_at > member.last_kept_purchase_at
+            ):
+                member.last_kept_purchase_at = event.occurred_at
             member.purchases += 1
             member.spend_minor += data.amount_minor
             totals.purchases += 1

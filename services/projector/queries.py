@@ -224,7 +224,8 @@ async def program_days(
 
 
 async def active_members(conn: AsyncConnection, zone: str, starts: list[date]) -> dict[date, int]:
-    """Members with a purchase in each period [starts[i], starts[i+1]) of the calendar in `zone`."""
+    """Members with a purchase not refunded in full in each period [starts[i], starts[i+1]) of the
+    calendar in `zone`: as the recency segments count them."""
     cur = await conn.execute(
         """
         SELECT b.start, count(DISTINCT p.member_id)
@@ -232,6 +233,7 @@ async def active_members(conn: AsyncConnection, zone: str, starts: list[date]) -
         JOIN member_purchases p
           ON p.occurred_at >= b.start::timestamp AT TIME ZONE %s
          AND p.occurred_at < b.stop::timestamp AT TIME ZONE %s
+         AND p.amount_minor > p.refunded_minor
         GROUP BY b.start
         """,
         (starts[:-1], starts[1:], zone, zone),

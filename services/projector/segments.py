@@ -9,12 +9,13 @@ from typing import LiteralString, NamedTuple
 from schemas.rules import ProgramRules
 from services.projector.views import Segment
 
-# Over `m` (members) and the parameters of `RecencyBounds`.
+# Over `m` (members) and the parameters of `RecencyBounds`. Recency counts from the last purchase
+# not refunded in full; a member with none never bought, and is `new` however long ago they enrolled.
 RECENCY: dict[str, LiteralString] = {
-    "active": "coalesce(m.last_purchase_at, m.enrolled_at) >= %(active_since)s",
-    "silent": "coalesce(m.last_purchase_at, m.enrolled_at) < %(active_since)s "
-    "AND coalesce(m.last_purchase_at, m.enrolled_at) >= %(silent_since)s",
-    "churned": "coalesce(m.last_purchase_at, m.enrolled_at) < %(silent_since)s",
+    "active": "m.last_kept_purchase_at >= %(active_since)s",
+    "silent": "m.last_kept_purchase_at < %(active_since)s AND m.last_kept_purchase_at >= %(silent_since)s",
+    "churned": "m.last_kept_purchase_at < %(silent_since)s",
+    "new": "m.last_kept_purchase_at IS NULL",
 }
 
 
@@ -36,7 +37,9 @@ def recency_bounds(now: datetime, rules: ProgramRules) -> RecencyBounds:
     return RecencyBounds(since(rules.active_days), since(rules.silent_days))
 
 
-def recency(last: datetime, bounds: RecencyBounds) -> Segment:
-    if last >= bounds.active_since:
+def recency(last_kept_purchase: datetime | None, bounds: RecencyBounds) -> Segment:
+    if last_kept_purchase is None:
+        return "new"
+    if last_kept_purchase >= bounds.active_since:
         return "active"
-    return "silent" if last >= bounds.silent_since else "churned"
+    return "silent" if last_kept_purchase >= bounds.silent_since else "churned"

@@ -110,11 +110,11 @@ MEMBER_ROWS = """
     FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
         %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
         %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-        %b::bigint[], %b::bigint[], %b::bigint[], %b::boolean[])
+        %b::bigint[], %b::bigint[], %b::bigint[], %b::timestamptz[], %b::boolean[])
         AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
              lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
              next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor, debt,
-             evaluation_set)
+             last_kept_purchase_at, evaluation_set)
 """
 
 
@@ -147,7 +147,8 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
                 purchases = m.purchases + u.purchases,
                 spend_minor = m.spend_minor + u.spend_minor,
                 refunded_minor = m.refunded_minor + u.refunded_minor,
-                debt = m.debt + u.debt
+                debt = m.debt + u.debt,
+                last_kept_purchase_at = GREATEST(m.last_kept_purchase_at, u.last_kept_purchase_at)
             """
             + MEMBER_ROWS
             + "WHERE m.member_id = u.member_id",
@@ -177,6 +178,7 @@ def _member_row(member: str, c: MemberChange) -> tuple[Any, ...]:
         c.spend_minor,
         c.refunded_minor,
         c.debt,
+        c.last_kept_purchase_at,
     )
 
 
@@ -203,6 +205,7 @@ MEMBER_COLUMNS = (
     ("adjusted", "int8"), ("tier", "text"), ("tier_changed_at", "timestamptz"),
     ("next_evaluation_at", "timestamptz"), ("last_purchase_at", "timestamptz"), ("purchases", "int8"),
     ("spend_minor", "int8"), ("refunded_minor", "int8"), ("debt", "int8"),
+    ("last_kept_purchase_at", "timestamptz"),
 )
 LOT_COLUMNS = (
     ("member_id", "text"), ("lot_id", "text"), ("points", "int8"), ("expires_at", "timestamptz"),
@@ -375,6 +378,17 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
                     )
                 ]
             ),
+        )
+        # A purchase refunded in full no longer makes its member recent.
+        cur.execute(
+            """
+            UPDATE members AS m SET last_kept_purchase_at = (
+                SELECT max(p.occurred_at) FROM member_purchases p
+                WHERE p.member_id = m.member_id AND p.amount_minor > p.refunded_minor
+            )
+            WHERE m.member_id = ANY(%s)
+            """,
+            (sorted({member for member, _, _ in folded.refunds}),),
         )
     known = sorted((key, totals) for key, totals in folded.categories.items() if key[0] in folded.known)
     if known:

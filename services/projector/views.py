@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Segment = Literal["active", "silent", "churned"]
+Segment = Literal["active", "silent", "churned", "new"]
 
 
 class Balance(BaseModel):

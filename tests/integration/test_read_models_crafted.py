@@ -36,6 +36,14 @@ def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running
             ),
         ),
         *log_of("s-plat", make.purchase("e1", 5000, ago(100)), make.set_tier("platinum", ago(99))),
+        *log_of("s-new", make.enrol(ago(5))),  # enrolled, never bought
+        *log_of(
+            "s-returned",  # the recent purchase went back in full: recency counts from the one before
+            make.purchase("f1", 10000, ago(60)),
+            make.purchase("f2", 10000, ago(3)),
+            make.refund("rf-f2", "f2", 10000, ago(2)),
+        ),
+        *log_of("s-undone", make.purchase("g1", 10000, ago(4)), make.refund("rf-g1", "g1", 10000, ago(3))),
     ]
     with projected(isolated, running, log) as read:
 
@@ -45,12 +53,13 @@ def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running
             return [member["member_id"] for member in response.json()["members"]]
 
         assert segment("active") == ["s-active", "s-gold"]
-        assert segment("silent") == ["s-plat", "s-silent"]
+        assert segment("silent") == ["s-plat", "s-returned", "s-silent"]
         assert segment("churned") == ["s-churned"]
-        assert segment("regular") == ["s-active", "s-churned", "s-silent"]
+        assert segment("new") == ["s-new", "s-undone"]
+        assert segment("regular") == ["s-active", "s-churned", "s-new", "s-returned", "s-silent", "s-undone"]
         assert segment("gold") == ["s-gold"]
         assert segment("platinum") == ["s-plat"]
-        # 5 members: the top 10% by spend is one member, and the top tier is core too.
+        # 8 members: the top 10% by spend is one member, and the top tier is core too.
         assert segment("core") == ["s-gold", "s-plat"]
         assert segment("category:beauty") == ["s-gold"]
         assert segment("category:shoes") == ["s-active"]
@@ -58,13 +67,23 @@ def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running
         first = read.get("/v1/segments/regular/members", params={"limit": 2}).json()
         assert [m["member_id"] for m in first["members"]] == ["s-active", "s-churned"]
         rest = read.get(
-            "/v1/segments/regular/members", params={"limit": 2, "cursor": first["next_cursor"]}
+            "/v1/segments/regular/members", params={"limit": 4, "cursor": first["next_cursor"]}
         ).json()
-        assert [m["member_id"] for m in rest["members"]] == ["s-silent"]
+        assert [m["member_id"] for m in rest["members"]] == ["s-new", "s-returned", "s-silent", "s-undone"]
         assert rest["next_cursor"] is None
 
         assert read.get("/v1/members/s-silent").json()["segment"] == "silent"
         assert read.get("/v1/members/s-churned").json()["segment"] == "churned"
+        assert read.get("/v1/members/s-new").json()["segment"] == "new"
+        assert read.get("/v1/members/s-undone").json()["segment"] == "new"
+        assert read.get("/v1/members/s-returned").json()["segment"] == "silent"
+        today = now.astimezone(ProgramRules().zone).date().isoformat()
+        # Active members in the last 30 days: the purchases refunded in full do not count.
+        recent = (now.astimezone(ProgramRules().zone).date() - timedelta(days=29)).isoformat()
+        days = read.get("/v1/metrics", params={"period": "day", "from": recent, "to": today}).json()[
+            "periods"
+        ]
+        assert sum(day["active_members"] for day in days) == 2  # s-active and s-gold
 
 
 def test_program_metrics_per_month_and_day(isolated: Isolated, running: Running) -> None:

@@ -52,3 +52,7 @@ def test_a_period_is_priced_at_the_value_of_a_point_in_force_at_its_end() -> Non
     ]
     assert values == [10, 10, 20]
     assert value_in_force([], date(2025, 3, 1), ProgramRules(redemption_value_minor_per_point=5)) == 5
+
+
+def test_a_member_who_never_kept_a_purchase_is_new_however_long_ago_they_enrolled() -> None:
+    assert recency(None, recency_bounds(NOW, ProgramRules())) == "new"

@@ -40,3 +40,8 @@ CREATE TABLE program_tier_quarter_hours (
     members bigint NOT NULL,
     PRIMARY KEY (starts_at, tier)
 );
+
+-- Recency counts from the last purchase not refunded in full; members without one are `new`.
+ALTER TABLE members ADD COLUMN last_kept_purchase_at timestamptz;
+DROP INDEX members_recency;
+CREATE INDEX members_recency ON members (last_kept_purchase_at, member_id) WHERE enrolled_at IS NOT NULL;
