@@ -11,6 +11,7 @@ READ_MODEL_TABLES = (
     "member_lots",
     "member_purchases",
     "member_categories",
+    "member_purchase_categories",
     "tier_history",
     "member_events",
     "program_quarter_hours",

@@ -186,6 +186,8 @@ class NewPurchase(NamedTuple):
     purchase_id: str
     occurred_at: datetime
     amount_minor: int
+    # Item spend per category: a refund takes its share back from each (see store._after_refunds).
+    categories: dict[str, int]
 
 
 @dataclass
@@ -318,8 +320,11 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         case PersonalDataErased():
             folded.profiles[event.member_id] = ProfileChange(erased=True)
         case PurchaseRecorded():
+            spends: dict[str, int] = {}
+            for item in data.items:
+                spends[item.category] = spends.get(item.category, 0) + to_minor(item.amount)
             folded.purchases[(event.member_id, event.sequence)] = NewPurchase(
-                data.purchase_id, event.occurred_at, data.amount_minor
+                data.purchase_id, event.occurred_at, data.amount_minor, spends
             )
             folded.purchase_sequences[(event.member_id, data.purchase_id)] = event.sequence
             if member.last_purchase_at is None or event.occurred_at > member.last_purchase_at:
@@ -332,9 +337,6 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             member.spend_minor += data.amount_minor
             totals.purchases += 1
             totals.spend_minor += data.amount_minor
-            spends: dict[str, int] = {}
-            for item in data.items:
-                spends[item.category] = spends.get(item.category, 0) + to_minor(item.amount)
             for category, spend in spends.items():
                 key = (event.member_id, category)
                 before = folded.categories.get(key, (0, 0))

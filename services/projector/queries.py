@@ -74,7 +74,7 @@ async def member(
               AND p.amount_minor > p.refunded_minor
         ) w ON true
         LEFT JOIN LATERAL (
-            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id
+            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id AND c.spend_minor > 0
             ORDER BY c.spend_minor DESC, c.category LIMIT 1
         ) f ON true
         WHERE m.member_id = %(member)s AND m.enrolled_at IS NOT NULL
@@ -181,7 +181,7 @@ async def segment_members(
         FROM members m
         LEFT JOIN ranked r ON r.member_id = m.member_id
         LEFT JOIN LATERAL (
-            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id
+            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id AND c.spend_minor > 0
             ORDER BY c.spend_minor DESC, c.category LIMIT 1
         ) fav ON %(need_favourite)s
         WHERE m.enrolled_at IS NOT NULL AND m.member_id > %(after)s AND ({condition})

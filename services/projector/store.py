@@ -218,6 +218,9 @@ PURCHASE_COLUMNS = (
 CATEGORY_COLUMNS = (
     ("member_id", "text"), ("category", "text"), ("spend_minor", "int8"), ("purchases", "int8"),
 )
+PURCHASE_CATEGORY_COLUMNS = (
+    ("member_id", "text"), ("sequence", "int8"), ("category", "text"), ("spend_minor", "int8"),
+)
 # fmt: on
 
 
@@ -268,6 +271,16 @@ def _copy_new_rows(cur: psycopg.Cursor, folded: Folded) -> None:
         [
             (member, sequence, p.purchase_id, p.occurred_at, p.amount_minor)
             for (member, sequence), p in folded.purchases.items()
+        ],
+    )
+    _copy(
+        cur,
+        "member_purchase_categories",
+        PURCHASE_CATEGORY_COLUMNS,
+        [
+            (member, sequence, category, spend)
+            for (member, sequence), p in folded.purchases.items()
+            for category, spend in p.categories.items()
         ],
     )
     _copy(
@@ -357,7 +370,8 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
 
 
 def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
-    """Refunded totals set (purchases themselves are new rows), known members' categories incremented."""
+    """Refunded totals set (purchases themselves are new rows), known members' categories
+    incremented, then what the refunds take back."""
     if folded.refunds:
         cur.execute(
             """
@@ -379,17 +393,6 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
                 ]
             ),
         )
-        # A purchase refunded in full no longer makes its member recent.
-        cur.execute(
-            """
-            UPDATE members AS m SET last_kept_purchase_at = (
-                SELECT max(p.occurred_at) FROM member_purchases p
-                WHERE p.member_id = m.member_id AND p.amount_minor > p.refunded_minor
-            )
-            WHERE m.member_id = ANY(%s)
-            """,
-            (sorted({member for member, _, _ in folded.refunds}),),
-        )
     known = sorted((key, totals) for key, totals in folded.categories.items() if key[0] in folded.known)
     if known:
         cur.execute(
@@ -402,6 +405,41 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
             """,
             _columns([(m, category, spend, n) for (m, category), (spend, n) in known]),
         )
+    if folded.refunds:
+        _after_refunds(cur, sorted({member for member, _, _ in folded.refunds}))
+
+
+def _after_refunds(cur: psycopg.Cursor, members: list[str]) -> None:
+    """What refunds take back from the members they concern, once the categories of the batch are
+    counted: a purchase refunded in full no longer makes its member recent, and each category keeps
+    the spend its items kept (refunds name no items: each takes the refunded share of every
+    category of its purchase, as it takes the points back in proportion)."""
+    cur.execute(
+        """
+        UPDATE members AS m SET last_kept_purchase_at = (
+            SELECT max(p.occurred_at) FROM member_purchases p
+            WHERE p.member_id = m.member_id AND p.amount_minor > p.refunded_minor
+        )
+        WHERE m.member_id = ANY(%s)
+        """,
+        (members,),
+    )
+    cur.execute(
+        """
+        UPDATE member_categories AS c SET spend_minor = n.spend
+        FROM (
+            SELECT i.member_id, i.category,
+                   sum(div(i.spend_minor::numeric * (p.amount_minor - p.refunded_minor), p.amount_minor))
+                       AS spend
+            FROM member_purchase_categories i
+            JOIN member_purchases p ON p.member_id = i.member_id AND p.sequence = i.sequence
+            WHERE i.member_id = ANY(%s) AND p.amount_minor > 0
+            GROUP BY i.member_id, i.category
+        ) n
+        WHERE c.member_id = n.member_id AND c.category = n.category
+        """,
+        (members,),
+    )
 
 
 def _profiles(cur: psycopg.Cursor, folded: Folded) -> None:

@@ -299,3 +299,25 @@ def test_liability_owes_positive_balances_at_the_value_of_the_time(
         )
         # February ends under rules 2: a point is worth 0.20 CNY.
         assert (feb["liability_points"], feb["liability_minor"]) == (1000, 20000)
+
+
+def test_the_favourite_category_is_net_of_refunds(isolated: Isolated, running: Running) -> None:
+    log = log_of(
+        "f-1",
+        make.purchase(
+            "o-1", 90000, at(2025, 3, 1), [make.item("beauty", "600.00"), make.item("shoes", "300.00")]
+        ),
+        make.purchase("o-2", 40000, at(2025, 3, 2), [make.item("shoes", "400.00")]),  # shoes 700 gross
+        make.refund("rf-1", "o-2", 40000, at(2025, 3, 3)),  # all of it back: shoes 300
+        make.refund("rf-2", "o-1", 30000, at(2025, 3, 4)),  # a third back: beauty 400, shoes 200
+    )
+    with projected(isolated, running, log) as read:
+        assert read.get("/v1/members/f-1").json()["favourite_category"] == "beauty"
+        beauty = read.get("/v1/segments/category:beauty/members").json()["members"]
+        assert [member["member_id"] for member in beauty] == ["f-1"]
+        assert read.get("/v1/segments/category:shoes/members").json()["members"] == []
+        with psycopg.connect(isolated.env["LOYALTY_DATABASE_URL"]) as conn:
+            spend = conn.execute(
+                "SELECT category, spend_minor FROM member_categories ORDER BY category"
+            ).fetchall()
+        assert spend == [("beauty", 40000), ("shoes", 20000)]

@@ -45,3 +45,14 @@ CREATE TABLE program_tier_quarter_hours (
 ALTER TABLE members ADD COLUMN last_kept_purchase_at timestamptz;
 DROP INDEX members_recency;
 CREATE INDEX members_recency ON members (last_kept_purchase_at, member_id) WHERE enrolled_at IS NOT NULL;
+
+-- Item spend per category of each purchase: a refund takes its share back from each, so the
+-- favourite category is net of refunds. member_categories.spend_minor is now net of them
+-- (`purchases` still counts the purchases that named the category).
+CREATE TABLE member_purchase_categories (
+    member_id text NOT NULL,
+    sequence bigint NOT NULL,
+    category text NOT NULL,
+    spend_minor bigint NOT NULL,
+    PRIMARY KEY (member_id, sequence, category)
+);
