@@ -10,9 +10,10 @@ import hashlib
 import tomllib
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from schemas.canonical import canonical_json
 from schemas.money import Amount, to_minor
@@ -43,6 +44,10 @@ class CategoryBonus(_Strict):
 
 
 class ProgramRules(_Strict):
+    # Rules added after logs were first written: while at their default they stay out of the
+    # fingerprint, so that rules recorded before they existed still match (no new version needed).
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"time_zone"})
+
     version: int = Field(default=1, ge=1)
     points_per_cny: Multiplier = "1"
     rounding: Literal["floor", "half_up"] = "floor"
@@ -69,6 +74,19 @@ class ProgramRules(_Strict):
     redemption_value_minor_per_point: int = Field(default=10, ge=0, description="100 points = 10 CNY")
     active_days: int = Field(default=30, ge=1)
     silent_days: int = Field(default=180, ge=1)
+    time_zone: str = Field(
+        default="Asia/Shanghai",
+        description="IANA time zone of the program's calendar: days and months of metrics, recency",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r}") from None
+        return name
 
     @model_validator(mode="after")
     def _ordered_tiers(self) -> ProgramRules:
@@ -94,8 +112,15 @@ class ProgramRules(_Strict):
             (Decimal(b.multiplier) for b in self.category_bonuses if b.category == category), Decimal(1)
         )
 
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
+
     def fingerprint(self) -> str:
-        return hashlib.sha256(canonical_json(self.model_dump(mode="json"))).hexdigest()
+        defaults = {
+            name for name in self.ADDED_LATER if getattr(self, name) == type(self).model_fields[name].default
+        }
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json", exclude=defaults))).hexdigest()
 
 
 def load_rules(path: Path | None) -> ProgramRules:

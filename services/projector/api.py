@@ -37,7 +37,8 @@ from services.personal_data.crypto import InvalidKey
 from services.problems import Problem, install_problem_handlers
 from services.projector import queries
 from services.projector.cursors import decode_cursor, decode_int_cursor, encode_cursor
-from services.projector.program_metrics import Period, period_count, period_starts, periods
+from services.projector.program_metrics import Period, period_count, period_starts, periods, value_in_force
+from services.projector.segments import RECENCY, recency, recency_bounds
 from services.projector.settings import ProjectorSettings
 from services.projector.views import (
     Activity,
@@ -53,7 +54,6 @@ from services.projector.views import (
     ProfileFields,
     ProfileView,
     ProgramMetrics,
-    Segment,
     SegmentMember,
     SegmentMembers,
     TierChange,
@@ -66,13 +66,6 @@ MemberIdPath = Annotated[str, Path(pattern=MEMBER_ID_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=200)]
 POLL_INTERVAL_S = 0.01
 MAX_PERIODS = 400
-# Recency of the last purchase (of enrolment, for a member who never bought).
-RECENCY: dict[str, LiteralString] = {
-    "active": "coalesce(m.last_purchase_at, m.enrolled_at) >= %(active_since)s",
-    "silent": "coalesce(m.last_purchase_at, m.enrolled_at) < %(active_since)s "
-    "AND coalesce(m.last_purchase_at, m.enrolled_at) >= %(silent_since)s",
-    "churned": "coalesce(m.last_purchase_at, m.enrolled_at) < %(silent_since)s",
-}
 
 
 def _not_found(member_id: str) -> Problem:
@@ -241,7 +234,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             enrolled_at=row["enrolled_at"],
             balance=Balance.model_validate(row),
             tier=_tier_status(row, rules, start),
-            segment=_recency(row["last_purchase_at"] or row["enrolled_at"], now, rules),
+            segment=recency(row["last_kept_purchase_at"], recency_bounds(now, rules)),
             favourite_category=row["favourite"],
             profile=await _profile(member_id, row["profile_fields"], row["profile_erased"], masked=True),
             last_purchase_at=row["last_purchase_at"],
@@ -377,8 +370,9 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         segment: Annotated[
             str,
             Path(
-                description="`active`, `silent`, `churned` (recency of the last purchase), `core`, a tier "
-                "name, or `category:<name>` (favourite category)",
+                description="`active`, `silent`, `churned` (recency of the last purchase not refunded "
+                "in full), `new` (never bought), `core`, a tier name, or `category:<name>` (favourite "
+                "category)",
                 max_length=80,
                 pattern=r"^[^\x00]+$",
             ),
@@ -411,7 +405,7 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
     ) -> ProgramMetrics:
         """Members and growth, activity, spend per active member, liability, breakage and tiers per period."""
         rules = await backend.rules()
-        last = end or datetime.now(UTC).date()
+        last = end or datetime.now(rules.zone).date()
         if not date(1970, 1, 1) <= last <= date(9000, 12, 31) or (
             start is not None and not date(1970, 1, 1) <= start
         ):
@@ -423,12 +417,14 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
             raise Problem(422, "invalid_period", "Too many periods", f"at most {MAX_PERIODS} per request")
         starts = period_starts(period, first, last)
         async with backend.pool.connection() as conn:
-            days, tier_days = await queries.program_days(conn, starts[-1])
-            active = await queries.active_members(conn, starts)
+            days, tier_days = await queries.program_days(conn, rules.time_zone, starts[-1])
+            active = await queries.active_members(conn, rules.time_zone, starts)
+            recorded = await queries.recorded_rules(conn)
+        values = [value_in_force(recorded, end, rules) for end in starts[1:]]
         return ProgramMetrics(
             period=period,
             rules_version=rules.version,
-            periods=periods(starts, days, tier_days, active, rules.redemption_value_minor_per_point),
+            periods=periods(starts, days, tier_days, active, values),
         )
 
     @app.get("/healthz", response_model=Health)
@@ -467,13 +463,6 @@ def _default_start(period: Period, last: date) -> date:
     return date(last.year - 1, last.month, 1) if last.month < 12 else date(last.year, 1, 1)
 
 
-def _recency(last: datetime, now: datetime, rules: ProgramRules) -> Segment:
-    days = (now - last) / timedelta(days=1)
-    if days <= rules.active_days:
-        return "active"
-    return "silent" if days <= rules.silent_days else "churned"
-
-
 def _tier_status(row: dict[str, Any], rules: ProgramRules, window_start: datetime) -> TierStatus:
     names = [tier.name for tier in rules.tiers]
     name = row["tier"] or names[0]
@@ -506,8 +495,7 @@ def _segment_condition(
         "window_start": add_months(now, -rules.qualifying_window_months),
         "need_spend": segment == "core",
         "need_favourite": segment.startswith("category:"),
-        "active_since": now - timedelta(days=rules.active_days),
-        "silent_since": now - timedelta(days=rules.silent_days),
+        **recency_bounds(now, rules)._asdict(),
     }
     if segment in RECENCY:
         return RECENCY[segment], params
@@ -524,7 +512,7 @@ def _segment_condition(
         404,
         "segment_not_found",
         "Unknown segment",
-        f"{segment!r} is not active, silent, churned, core, category:<name> or a tier",
+        f"{segment!r} is not active, silent, churned, new, core, category:<name> or a tier",
     )
 
 

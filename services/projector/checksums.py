@@ -11,10 +11,11 @@ READ_MODEL_TABLES = (
     "member_lots",
     "member_purchases",
     "member_categories",
+    "member_purchase_categories",
     "tier_history",
     "member_events",
-    "program_days",
-    "program_tier_days",
+    "program_quarter_hours",
+    "program_tier_quarter_hours",
     "program_rules",
     "member_profiles",
 )

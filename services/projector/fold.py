@@ -1,14 +1,14 @@
 """What a batch of events changes in the read models, decided without touching the database.
 
-Events are folded into per-row increments (members, lots, days) and new rows (events, tier
-history); the store writes them in one transaction with the checkpoint.
+Events are folded into per-row increments (members, lots, program quarter hours) and new rows
+(events, tier history); the store writes them in one transaction with the checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from pydantic import ValidationError
@@ -39,7 +39,12 @@ from schemas.money import to_minor
 
 
 class Delta(NamedTuple):
-    """What one event does to a member's point totals (a tuple: built for every event)."""
+    """What one event does to a member's point totals (a tuple: built for every event).
+
+    The events of each command keep lifetime_earned + adjusted - redeemed - expired - reversed
+    equal to available + pending. `debt` is the part of the reversals that found the points already spent;
+    `available` counts it already, and later credits repay it first.
+    """
 
     available: int = 0
     pending: int = 0
@@ -48,6 +53,7 @@ class Delta(NamedTuple):
     expired: int = 0
     reversed: int = 0
     adjusted: int = 0
+    debt: int = 0
 
     @property
     def outstanding(self) -> int:
@@ -61,21 +67,26 @@ def delta(data: EventData) -> Delta:
     match data:
         case PointsEarned():
             if data.matures_at is None:
-                return Delta(available=data.points, lifetime_earned=data.points)
-            return Delta(pending=data.points, lifetime_earned=data.points)
+                return Delta(available=data.points, lifetime_earned=data.points, debt=-data.debt_repaid)
+            return Delta(pending=data.points, lifetime_earned=data.points, debt=-data.debt_repaid)
         case PointsMatured():
-            return Delta(available=data.points, pending=-data.points)
+            return Delta(available=data.points, pending=-data.points, debt=-data.debt_repaid)
         case PointsReversed():
             from_pending = sum(item.points for item in data.from_pending)
-            return Delta(available=from_pending - data.points, pending=-from_pending, reversed=data.points)
+            return Delta(
+                available=from_pending - data.points,
+                pending=-from_pending,
+                reversed=data.points,
+                debt=data.debt_added,
+            )
         case PointsRedeemed():
             return Delta(available=-data.points, redeemed=data.points)
         case RedemptionCancelled():
             return Delta(redeemed=-data.points)
         case PointsRestored():
-            return Delta(available=data.points)
+            return Delta(available=data.points, debt=-data.debt_repaid)
         case PointsAdjusted():
-            return Delta(available=data.points, adjusted=data.points)
+            return Delta(available=data.points, adjusted=data.points, debt=-data.debt_repaid)
         case PointsExpired():
             return Delta(available=-data.points, expired=data.points)
     return NO_CHANGE
@@ -94,12 +105,15 @@ class MemberChange:
     expired: int = 0
     reversed: int = 0
     adjusted: int = 0
+    debt: int = 0
     enrolled_at: datetime | None = None
     tier: str | None = None
     tier_changed_at: datetime | None = None
     evaluation_set: bool = False
     next_evaluation_at: datetime | None = None
     last_purchase_at: datetime | None = None
+    # The last purchase not refunded in full, as far as this batch knows: recency counts from it.
+    last_kept_purchase_at: datetime | None = None
     purchases: int = 0
     spend_minor: int = 0
     refunded_minor: int = 0
@@ -112,6 +126,7 @@ class MemberChange:
         self.expired += change.expired
         self.reversed += change.reversed
         self.adjusted += change.adjusted
+        self.debt += change.debt
 
 
 @dataclass(slots=True)
@@ -138,7 +153,10 @@ class ProfileChange:
 
 
 @dataclass(slots=True)
-class DayChange:
+class ProgramTotals:
+    """Program totals over a stretch of business time: a quarter hour in the read models, a day of
+    the program's calendar in the metrics."""
+
     enrolments: int = 0
     purchases: int = 0
     spend_minor: int = 0
@@ -149,6 +167,9 @@ class DayChange:
     points_reversed: int = 0
     points_adjusted: int = 0
     points_outstanding: int = 0
+    # Change in what the program owes: the sum over members of max(0, available + pending). A
+    # member's debt is not netted against the points of others.
+    points_liability: int = 0
     promotions: int = 0
     demotions: int = 0
 
@@ -165,12 +186,17 @@ class NewPurchase(NamedTuple):
     purchase_id: str
     occurred_at: datetime
     amount_minor: int
+    # Item spend per category: a refund takes its share back from each (see store._after_refunds).
+    categories: dict[str, int]
 
 
 @dataclass
 class Folded:
     # Streams that already have a row: their changes are increments, the others new rows.
     known: set[str] = field(default_factory=set)
+    # Each member's available + pending, as stored before the batch and then after each event in
+    # sequence (the order the ledger took them), for `points_liability`.
+    balances: dict[str, int] = field(default_factory=dict)
     members: dict[str, MemberChange] = field(default_factory=dict)
     lots: dict[tuple[str, str], LotChange] = field(default_factory=dict)
     # (member, sequence) -> the purchase that event recorded.
@@ -185,8 +211,9 @@ class Folded:
     tier_history: list[tuple[Event, TierChanged]] = field(default_factory=list)
     profiles: dict[str, ProfileChange] = field(default_factory=dict)
     events: list[EventRow] = field(default_factory=list)
-    days: dict[date, DayChange] = field(default_factory=dict)
-    tier_days: dict[tuple[date, str], int] = field(default_factory=dict)
+    # Program totals and tier moves per UTC quarter hour of business time (see `quarter_hour`).
+    quarter_hours: dict[datetime, ProgramTotals] = field(default_factory=dict)
+    tier_quarter_hours: dict[tuple[datetime, str], int] = field(default_factory=dict)
     rules: list[tuple[Event, ProgramRulesChanged]] = field(default_factory=list)
     applied: int = 0
     # Why events were not applied (duplicate, unknown type, malformed), and how many.
@@ -267,13 +294,16 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         return
     change = delta(data)
     member.add(change)
-    day = _day(folded, event.occurred_at.date())
-    day.points_earned += change.lifetime_earned
-    day.points_redeemed += change.redeemed
-    day.points_expired += change.expired
-    day.points_reversed += change.reversed
-    day.points_adjusted += change.adjusted
-    day.points_outstanding += change.outstanding
+    when = quarter_hour(event.occurred_at)
+    totals = _totals(folded, when)
+    totals.points_earned += change.lifetime_earned
+    totals.points_redeemed += change.redeemed
+    totals.points_expired += change.expired
+    totals.points_reversed += change.reversed
+    totals.points_adjusted += change.adjusted
+    totals.points_outstanding += change.outstanding
+    if change.outstanding:
+        totals.points_liability += _liability_change(folded, event.member_id, change.outstanding)
     amount, reference = _what(data)
     folded.events.append(EventRow(event, change, raw, amount, reference))
     _lots(folded, event.member_id, data)
@@ -281,8 +311,8 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         case MemberEnrolled():
             member.enrolled_at = event.occurred_at
             member.tier = data.tier
-            day.enrolments += 1
-            _tier_day(folded, event.occurred_at.date(), data.tier, 1)
+            totals.enrolments += 1
+            _tier_move(folded, when, data.tier, 1)
             if data.profile is not None:
                 _profile(folded, event.member_id, data.profile)
         case ProfileUpdated():
@@ -290,19 +320,23 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         case PersonalDataErased():
             folded.profiles[event.member_id] = ProfileChange(erased=True)
         case PurchaseRecorded():
+            spends: dict[str, int] = {}
+            for item in data.items:
+                spends[item.category] = spends.get(item.category, 0) + to_minor(item.amount)
             folded.purchases[(event.member_id, event.sequence)] = NewPurchase(
-                data.purchase_id, event.occurred_at, data.amount_minor
+                data.purchase_id, event.occurred_at, data.amount_minor, spends
             )
             folded.purchase_sequences[(event.member_id, data.purchase_id)] = event.sequence
             if member.last_purchase_at is None or event.occurred_at > member.last_purchase_at:
                 member.last_purchase_at = event.occurred_at
+            if data.amount_minor > 0 and (
+                member.last_kept_purchase_at is None or event.occurred_at > member.last_kept_purchase_at
+            ):
+                member.last_kept_purchase_at = event.occurred_at
             member.purchases += 1
             member.spend_minor += data.amount_minor
-            day.purchases += 1
-            day.spend_minor += data.amount_minor
-            spends: dict[str, int] = {}
-            for item in data.items:
-                spends[item.category] = spends.get(item.category, 0) + to_minor(item.amount)
+            totals.purchases += 1
+            totals.spend_minor += data.amount_minor
             for category, spend in spends.items():
                 key = (event.member_id, category)
                 before = folded.categories.get(key, (0, 0))
@@ -314,7 +348,7 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
                 event.sequence,
             )
             member.refunded_minor += data.amount_minor
-            day.refunded_minor += data.amount_minor
+            totals.refunded_minor += data.amount_minor
         case TierChanged():
             member.tier = data.to_tier
             member.tier_changed_at = event.occurred_at
@@ -322,14 +356,21 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
             member.next_evaluation_at = data.next_evaluation_at
             folded.tier_history.append((event, data))
             if data.reason == "promotion":
-                day.promotions += 1
+                totals.promotions += 1
             elif data.reason == "demotion":
-                day.demotions += 1
-            _tier_day(folded, event.occurred_at.date(), data.from_tier, -1)
-            _tier_day(folded, event.occurred_at.date(), data.to_tier, 1)
+                totals.demotions += 1
+            _tier_move(folded, when, data.from_tier, -1)
+            _tier_move(folded, when, data.to_tier, 1)
         case TierRetained():
             member.evaluation_set = True
             member.next_evaluation_at = data.next_evaluation_at
+
+
+def _liability_change(folded: Folded, member_id: str, outstanding: int) -> int:
+    """How much more the program owes the member: only a balance above zero is owed."""
+    before = folded.balances.get(member_id, 0)
+    after = folded.balances[member_id] = before + outstanding
+    return max(0, after) - max(0, before)
 
 
 def _what(data: EventData) -> tuple[int | None, str | None]:
@@ -403,12 +444,20 @@ def _profile(folded: Folded, member_id: str, profile: EncryptedProfile) -> None:
     change.fields.update({name: value for name, value in profile.fields.items()})
 
 
-def _day(folded: Folded, day: date) -> DayChange:
-    found = folded.days.get(day)
+def quarter_hour(moment: datetime) -> datetime:
+    """The UTC quarter hour holding `moment`. Every time zone in use is a whole number of quarter
+    hours from UTC, so the days and months of any program calendar are sums of quarter hours: the
+    read models need not know the program's time zone, and a change of it needs no rebuild."""
+    moment = moment.astimezone(UTC)
+    return moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
+
+
+def _totals(folded: Folded, when: datetime) -> ProgramTotals:
+    found = folded.quarter_hours.get(when)
     if found is None:
-        found = folded.days[day] = DayChange()
+        found = folded.quarter_hours[when] = ProgramTotals()
     return found
 
 
-def _tier_day(folded: Folded, day: date, tier: str, members: int) -> None:
-    folded.tier_days[(day, tier)] = folded.tier_days.get((day, tier), 0) + members
+def _tier_move(folded: Folded, when: datetime, tier: str, members: int) -> None:
+    folded.tier_quarter_hours[(when, tier)] = folded.tier_quarter_hours.get((when, tier), 0) + members

@@ -87,9 +87,10 @@ class OpenBatch:
             decode(record.value) for partition_records in batch.values() for record in partition_records
         ]
         unseen = {r.event.member_id for r in records if not isinstance(r, str)} - self._last.keys()
-        sequences = store.last_sequences(self._conn, unseen)
-        self._last.update(sequences)
-        self.folded.known |= sequences.keys()
+        applied = store.applied(self._conn, unseen)
+        self._last.update({member: sequence for member, (sequence, _) in applied.items()})
+        self.folded.balances.update({member: balance for member, (_, balance) in applied.items()})
+        self.folded.known |= applied.keys()
         fold(records, self._last, self.folded)
         with self._conn.cursor() as cur:
             store.copy_events(cur, self.folded)

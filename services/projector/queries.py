@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import date, datetime
 from typing import Any, LiteralString
 
@@ -9,7 +10,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from schemas.rules import ProgramRules
-from services.projector.fold import DayChange
+from services.projector.fold import ProgramTotals
 
 ACTIVITY_TYPES = [
     "MemberEnrolled",
@@ -32,6 +33,12 @@ async def rules(conn: AsyncConnection) -> ProgramRules:
     cur = await conn.execute("SELECT rules FROM program_rules ORDER BY version DESC LIMIT 1")
     row = await cur.fetchone()
     return ProgramRules() if row is None else ProgramRules.model_validate(row[0])
+
+
+async def recorded_rules(conn: AsyncConnection) -> list[tuple[datetime, ProgramRules]]:
+    """Every version of the rules with when it was recorded, oldest first."""
+    cur = await conn.execute("SELECT occurred_at, rules FROM program_rules ORDER BY occurred_at, version")
+    return [(recorded_at, ProgramRules.model_validate(rules)) for recorded_at, rules in await cur.fetchall()]
 
 
 async def applied_sequence(conn: AsyncConnection, member_id: str) -> int | None:
@@ -78,7 +85,7 @@ async def member(
               AND p.amount_minor > p.refunded_minor
         ) w ON true
         LEFT JOIN LATERAL (
-            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id
+            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id AND c.spend_minor > 0
             ORDER BY c.spend_minor DESC, c.category LIMIT 1
         ) f ON true
         WHERE m.member_id = %(member)s AND m.enrolled_at IS NOT NULL
@@ -106,7 +113,9 @@ async def balance_at(
                coalesce(sum(lifetime_earned), 0)::bigint AS lifetime_earned,
                coalesce(sum(redeemed), 0)::bigint AS redeemed,
                coalesce(sum(expired), 0)::bigint AS expired,
-               coalesce(sum(reversed), 0)::bigint AS reversed
+               coalesce(sum(reversed), 0)::bigint AS reversed,
+               coalesce(sum(adjusted), 0)::bigint AS adjusted,
+               coalesce(sum(debt), 0)::bigint AS debt
         FROM member_events
         WHERE member_id = %(member)s
           AND (%(as_of)s::timestamptz IS NULL OR occurred_at <= %(as_of)s)
@@ -183,7 +192,7 @@ async def segment_members(
         FROM members m
         LEFT JOIN ranked r ON r.member_id = m.member_id
         LEFT JOIN LATERAL (
-            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id
+            SELECT c.category FROM member_categories c WHERE c.member_id = m.member_id AND c.spend_minor > 0
             ORDER BY c.spend_minor DESC, c.category LIMIT 1
         ) fav ON %(need_favourite)s
         WHERE m.enrolled_at IS NOT NULL AND m.member_id > %(after)s AND ({condition})
@@ -195,26 +204,49 @@ async def segment_members(
 
 
 async def program_days(
-    conn: AsyncConnection, end: date
-) -> tuple[dict[date, DayChange], dict[tuple[date, str], int]]:
+    conn: AsyncConnection, zone: str, end: date
+) -> tuple[dict[date, ProgramTotals], dict[tuple[date, str], int]]:
+    """Program totals and tier moves per day of the program's calendar in `zone`, before `end`."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute("SELECT * FROM program_days WHERE day < %s", (end,))
-    days = {row.pop("day"): DayChange(**row) for row in await cur.fetchall()}
-    tiers = await conn.execute("SELECT day, tier, members FROM program_tier_days WHERE day < %s", (end,))
+    params = {"zone": zone, "end": end}
+    await cur.execute(
+        sql.SQL(
+            """
+            SELECT (starts_at AT TIME ZONE %(zone)s)::date AS day, {sums} FROM program_quarter_hours
+            WHERE starts_at < %(end)s::timestamp AT TIME ZONE %(zone)s GROUP BY 1
+            """
+        ).format(
+            sums=sql.SQL(", ").join(
+                sql.SQL("sum({0})::bigint AS {0}").format(sql.Identifier(f.name))
+                for f in fields(ProgramTotals)
+            )
+        ),
+        params,
+    )
+    days = {row.pop("day"): ProgramTotals(**row) for row in await cur.fetchall()}
+    tiers = await conn.execute(
+        """
+        SELECT (starts_at AT TIME ZONE %(zone)s)::date, tier, sum(members) FROM program_tier_quarter_hours
+        WHERE starts_at < %(end)s::timestamp AT TIME ZONE %(zone)s GROUP BY 1, 2
+        """,
+        params,
+    )
     return days, {(day, tier): int(members) for day, tier, members in await tiers.fetchall()}
 
 
-async def active_members(conn: AsyncConnection, starts: list[date]) -> dict[date, int]:
-    """Members with a purchase in each period [starts[i], starts[i+1])."""
+async def active_members(conn: AsyncConnection, zone: str, starts: list[date]) -> dict[date, int]:
+    """Members with a purchase not refunded in full in each period [starts[i], starts[i+1]) of the
+    calendar in `zone`: as the recency segments count them."""
     cur = await conn.execute(
         """
         SELECT b.start, count(DISTINCT p.member_id)
         FROM unnest(%s::date[], %s::date[]) AS b(start, stop)
         JOIN member_purchases p
-          ON p.occurred_at >= b.start::timestamp AT TIME ZONE 'UTC'
-         AND p.occurred_at < b.stop::timestamp AT TIME ZONE 'UTC'
+          ON p.occurred_at >= b.start::timestamp AT TIME ZONE %s
+         AND p.occurred_at < b.stop::timestamp AT TIME ZONE %s
+         AND p.amount_minor > p.refunded_minor
         GROUP BY b.start
         """,
-        (starts[:-1], starts[1:]),
+        (starts[:-1], starts[1:], zone, zone),
     )
     return {start: int(count) for start, count in await cur.fetchall()}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from services.projector.fold import Folded, MemberChange
+from services.projector.fold import Folded, MemberChange, ProgramTotals
 
 
 def checkpoints(conn: psycopg.Connection, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -35,11 +36,13 @@ def lock_partitions(conn: psycopg.Connection, topic: str, partitions: Iterable[i
     )
 
 
-def last_sequences(conn: psycopg.Connection, member_ids: Iterable[str]) -> dict[str, int]:
+def applied(conn: psycopg.Connection, member_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """(last applied sequence, available + pending) of the members that have a row."""
     rows = conn.execute(
-        "SELECT member_id, last_sequence FROM members WHERE member_id = ANY(%s)", (list(member_ids),)
+        "SELECT member_id, last_sequence, available + pending FROM members WHERE member_id = ANY(%s)",
+        (list(member_ids),),
     ).fetchall()
-    return {str(member): int(sequence) for member, sequence in rows}
+    return {str(member): (int(sequence), int(balance)) for member, sequence, balance in rows}
 
 
 def write(
@@ -54,7 +57,7 @@ def write(
     `batch` maps each partition to (next offset, records read); `started` is when the batch
     began (time.monotonic), for the apply-time statistics. Events and new rows go by COPY, the
     rest in one pipeline. A member's rows are written only under its partition's lock; the rows
-    partitions share (program days) are written in key order, so two instances cannot deadlock.
+    partitions share (program quarter hours) are written in key order, so two instances cannot deadlock.
     """
     with conn.cursor() as cur:
         copy_events(cur, folded)
@@ -107,11 +110,11 @@ MEMBER_ROWS = """
     FROM unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
         %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
         %b::text[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[], %b::bigint[],
-        %b::bigint[], %b::bigint[], %b::boolean[])
+        %b::bigint[], %b::bigint[], %b::bigint[], %b::timestamptz[], %b::boolean[])
         AS u(member_id, last_sequence, last_event_at, enrolled_at, available, pending,
              lifetime_earned, redeemed, expired, reversed, adjusted, tier, tier_changed_at,
-             next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor,
-             evaluation_set)
+             next_evaluation_at, last_purchase_at, purchases, spend_minor, refunded_minor, debt,
+             last_kept_purchase_at, evaluation_set)
 """
 
 
@@ -143,7 +146,9 @@ def _members(cur: psycopg.Cursor, folded: Folded) -> None:
                 last_purchase_at = GREATEST(m.last_purchase_at, u.last_purchase_at),
                 purchases = m.purchases + u.purchases,
                 spend_minor = m.spend_minor + u.spend_minor,
-                refunded_minor = m.refunded_minor + u.refunded_minor
+                refunded_minor = m.refunded_minor + u.refunded_minor,
+                debt = m.debt + u.debt,
+                last_kept_purchase_at = GREATEST(m.last_kept_purchase_at, u.last_kept_purchase_at)
             """
             + MEMBER_ROWS
             + "WHERE m.member_id = u.member_id",
@@ -172,6 +177,8 @@ def _member_row(member: str, c: MemberChange) -> tuple[Any, ...]:
         c.purchases,
         c.spend_minor,
         c.refunded_minor,
+        c.debt,
+        c.last_kept_purchase_at,
     )
 
 
@@ -188,7 +195,8 @@ EVENT_COLUMNS = (
     ("member_id", "text"), ("sequence", "int8"), ("type", "text"), ("occurred_at", "timestamptz"),
     ("recorded_at", "timestamptz"), ("available", "int8"), ("pending", "int8"),
     ("lifetime_earned", "int8"), ("redeemed", "int8"), ("expired", "int8"), ("reversed", "int8"),
-    ("amount_minor", "int8"), ("reference", "text"), ("event", "text"),
+    ("amount_minor", "int8"), ("reference", "text"), ("event", "text"), ("adjusted", "int8"),
+    ("debt", "int8"),
 )
 MEMBER_COLUMNS = (
     ("member_id", "text"), ("last_sequence", "int8"), ("last_event_at", "timestamptz"),
@@ -196,7 +204,8 @@ MEMBER_COLUMNS = (
     ("lifetime_earned", "int8"), ("redeemed", "int8"), ("expired", "int8"), ("reversed", "int8"),
     ("adjusted", "int8"), ("tier", "text"), ("tier_changed_at", "timestamptz"),
     ("next_evaluation_at", "timestamptz"), ("last_purchase_at", "timestamptz"), ("purchases", "int8"),
-    ("spend_minor", "int8"), ("refunded_minor", "int8"),
+    ("spend_minor", "int8"), ("refunded_minor", "int8"), ("debt", "int8"),
+    ("last_kept_purchase_at", "timestamptz"),
 )
 LOT_COLUMNS = (
     ("member_id", "text"), ("lot_id", "text"), ("points", "int8"), ("expires_at", "timestamptz"),
@@ -208,6 +217,9 @@ PURCHASE_COLUMNS = (
 )
 CATEGORY_COLUMNS = (
     ("member_id", "text"), ("category", "text"), ("spend_minor", "int8"), ("purchases", "int8"),
+)
+PURCHASE_CATEGORY_COLUMNS = (
+    ("member_id", "text"), ("sequence", "int8"), ("category", "text"), ("spend_minor", "int8"),
 )
 # fmt: on
 
@@ -263,6 +275,16 @@ def _copy_new_rows(cur: psycopg.Cursor, folded: Folded) -> None:
     )
     _copy(
         cur,
+        "member_purchase_categories",
+        PURCHASE_CATEGORY_COLUMNS,
+        [
+            (member, sequence, category, spend)
+            for (member, sequence), p in folded.purchases.items()
+            for category, spend in p.categories.items()
+        ],
+    )
+    _copy(
+        cur,
         "member_categories",
         CATEGORY_COLUMNS,
         [
@@ -295,6 +317,8 @@ def copy_events(cur: psycopg.Cursor, folded: Folded) -> None:
                 row.amount_minor,
                 row.reference,
                 row.raw,
+                row.change.adjusted,
+                row.change.debt,
             )
             for row in folded.events
         ],
@@ -346,7 +370,8 @@ def _lots(cur: psycopg.Cursor, folded: Folded) -> None:
 
 
 def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
-    """Refunded totals set (purchases themselves are new rows), known members' categories incremented."""
+    """Refunded totals set (purchases themselves are new rows), known members' categories
+    incremented, then what the refunds take back."""
     if folded.refunds:
         cur.execute(
             """
@@ -380,6 +405,41 @@ def _purchases(cur: psycopg.Cursor, folded: Folded) -> None:
             """,
             _columns([(m, category, spend, n) for (m, category), (spend, n) in known]),
         )
+    if folded.refunds:
+        _after_refunds(cur, sorted({member for member, _, _ in folded.refunds}))
+
+
+def _after_refunds(cur: psycopg.Cursor, members: list[str]) -> None:
+    """What refunds take back from the members they concern, once the categories of the batch are
+    counted: a purchase refunded in full no longer makes its member recent, and each category keeps
+    the spend its items kept (refunds name no items: each takes the refunded share of every
+    category of its purchase, as it takes the points back in proportion)."""
+    cur.execute(
+        """
+        UPDATE members AS m SET last_kept_purchase_at = (
+            SELECT max(p.occurred_at) FROM member_purchases p
+            WHERE p.member_id = m.member_id AND p.amount_minor > p.refunded_minor
+        )
+        WHERE m.member_id = ANY(%s)
+        """,
+        (members,),
+    )
+    cur.execute(
+        """
+        UPDATE member_categories AS c SET spend_minor = n.spend
+        FROM (
+            SELECT i.member_id, i.category,
+                   sum(div(i.spend_minor::numeric * (p.amount_minor - p.refunded_minor), p.amount_minor))
+                       AS spend
+            FROM member_purchase_categories i
+            JOIN member_purchases p ON p.member_id = i.member_id AND p.sequence = i.sequence
+            WHERE i.member_id = ANY(%s) AND p.amount_minor > 0
+            GROUP BY i.member_id, i.category
+        ) n
+        WHERE c.member_id = n.member_id AND c.category = n.category
+        """,
+        (members,),
+    )
 
 
 def _profiles(cur: psycopg.Cursor, folded: Folded) -> None:
@@ -426,54 +486,41 @@ def _tiers(cur: psycopg.Cursor, folded: Folded) -> None:
     )
 
 
+# The program totals' columns, as ProgramTotals names them.
+TOTALS = tuple(f.name for f in fields(ProgramTotals))
+
+
 def _program(cur: psycopg.Cursor, folded: Folded) -> None:
-    if folded.days:
-        cur.executemany(
-            """
-            INSERT INTO program_days AS d (day, enrolments, purchases, spend_minor, refunded_minor,
-                points_earned, points_redeemed, points_expired, points_reversed, points_adjusted,
-                points_outstanding, promotions, demotions)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (day) DO UPDATE SET
-                enrolments = d.enrolments + EXCLUDED.enrolments,
-                purchases = d.purchases + EXCLUDED.purchases,
-                spend_minor = d.spend_minor + EXCLUDED.spend_minor,
-                refunded_minor = d.refunded_minor + EXCLUDED.refunded_minor,
-                points_earned = d.points_earned + EXCLUDED.points_earned,
-                points_redeemed = d.points_redeemed + EXCLUDED.points_redeemed,
-                points_expired = d.points_expired + EXCLUDED.points_expired,
-                points_reversed = d.points_reversed + EXCLUDED.points_reversed,
-                points_adjusted = d.points_adjusted + EXCLUDED.points_adjusted,
-                points_outstanding = d.points_outstanding + EXCLUDED.points_outstanding,
-                promotions = d.promotions + EXCLUDED.promotions,
-                demotions = d.demotions + EXCLUDED.demotions
-            """,
-            [
-                (
-                    day,
-                    c.enrolments,
-                    c.purchases,
-                    c.spend_minor,
-                    c.refunded_minor,
-                    c.points_earned,
-                    c.points_redeemed,
-                    c.points_expired,
-                    c.points_reversed,
-                    c.points_adjusted,
-                    c.points_outstanding,
-                    c.promotions,
-                    c.demotions,
-                )
-                for day, c in sorted(folded.days.items())
-            ],
+    """Program totals incremented per quarter hour, in one statement over column arrays."""
+    if folded.quarter_hours:
+        names = sql.SQL(", ").join(map(sql.Identifier, TOTALS))
+        cur.execute(
+            sql.SQL(
+                "INSERT INTO program_quarter_hours AS q (starts_at, {names}) "
+                "SELECT * FROM unnest(%b::timestamptz[], {arrays}) "
+                "ON CONFLICT (starts_at) DO UPDATE SET {increments}"
+            ).format(
+                names=names,
+                arrays=sql.SQL(", ").join(sql.SQL("%b::bigint[]") for _ in TOTALS),
+                increments=sql.SQL(", ").join(
+                    sql.SQL("{0} = q.{0} + EXCLUDED.{0}").format(sql.Identifier(name)) for name in TOTALS
+                ),
+            ),
+            _columns(
+                [
+                    (when, *(getattr(totals, name) for name in TOTALS))
+                    for when, totals in sorted(folded.quarter_hours.items())
+                ]
+            ),
         )
-    if folded.tier_days:
-        cur.executemany(
+    if folded.tier_quarter_hours:
+        cur.execute(
             """
-            INSERT INTO program_tier_days AS t (day, tier, members) VALUES (%s, %s, %s)
-            ON CONFLICT (day, tier) DO UPDATE SET members = t.members + EXCLUDED.members
+            INSERT INTO program_tier_quarter_hours AS t (starts_at, tier, members)
+            SELECT * FROM unnest(%b::timestamptz[], %b::text[], %b::bigint[])
+            ON CONFLICT (starts_at, tier) DO UPDATE SET members = t.members + EXCLUDED.members
             """,
-            [(day, tier, n) for (day, tier), n in sorted(folded.tier_days.items())],
+            _columns([(when, tier, n) for (when, tier), n in sorted(folded.tier_quarter_hours.items())]),
         )
     for event, data in folded.rules:
         cur.execute(

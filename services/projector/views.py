@@ -7,18 +7,25 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Segment = Literal["active", "silent", "churned"]
+Segment = Literal["active", "silent", "churned", "new"]
 
 
 class Balance(BaseModel):
+    """lifetime_earned + adjusted - redeemed - expired - reversed = available + pending."""
+
     available: int = Field(
         description="points that can be redeemed now; below zero after a refund of spent points"
     )
     pending: int = Field(description="points earned but still in the return window")
-    lifetime_earned: int
-    redeemed: int
+    lifetime_earned: int = Field(description="points earned on purchases")
+    adjusted: int = Field(description="points added (or removed, below zero) by hand")
+    redeemed: int = Field(description="points redeemed, less cancelled redemptions")
     expired: int
-    reversed: int
+    reversed: int = Field(description="points taken back by refunds")
+    debt: int = Field(
+        description="reversed points that were already spent and that later earnings have not repaid "
+        "yet; `available` counts them"
+    )
 
 
 class BalanceAt(Balance):
@@ -154,10 +161,20 @@ class PeriodMetrics(BaseModel):
     points_redeemed: int
     points_expired: int
     points_reversed: int
+    points_adjusted: int = Field(description="points added less points removed by hand")
     breakage_rate: float | None = Field(description="expired / earned in the period")
     lifetime_breakage_rate: float | None = Field(description="expired / earned up to the end")
-    liability_points: int = Field(description="outstanding points (available + pending) at the end")
-    liability_minor: int = Field(description="their redemption value, CNY minor units")
+    liability_points: int = Field(
+        description="points owed to members at the end: the sum of balances (available + pending) above "
+        "zero; one member's debt is not netted against another's points"
+    )
+    liability_minor: int = Field(
+        description="their redemption value, CNY minor units, at the value of a point in force at the end"
+    )
+    owed_by_members_points: int = Field(
+        description="the sum of balances below zero at the end (refunds of points already spent); "
+        "liability_points - owed_by_members_points is the net outstanding"
+    )
     promotions: int
     demotions: int
     tier_distribution: dict[str, int] = Field(description="members per tier at the end")

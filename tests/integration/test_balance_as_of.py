@@ -48,6 +48,8 @@ def expected(account: Account) -> dict[str, int]:
         "redeemed": account.redeemed,
         "expired": account.expired,
         "reversed": account.reversed,
+        "adjusted": account.adjusted,
+        "debt": account.debt,
     }
 
 

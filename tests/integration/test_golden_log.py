@@ -37,7 +37,7 @@ def snapshot(url: str) -> dict[str, list[str]]:
                 columns = sql.SQL(
                     "(t.member_id, t.sequence, t.type, t.occurred_at, t.recorded_at, t.available, t.pending, "
                     "t.lifetime_earned, t.redeemed, t.expired, t.reversed, t.amount_minor, t.reference, "
-                    "t.event->>'hash')"
+                    "t.event->>'hash', t.adjusted, t.debt)"
                 )
             query = sql.SQL("SELECT {}::text AS r FROM {} t ORDER BY r").format(
                 columns, sql.Identifier(table)

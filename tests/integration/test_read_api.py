@@ -83,9 +83,11 @@ def test_every_member_route_reads_its_own_writes(system: tuple[TestClient, TestC
         "available": earned - reversed_ - 500 + 50,
         "pending": 0,
         "lifetime_earned": earned,
+        "adjusted": 50,
         "redeemed": 500,
         "expired": 0,
         "reversed": reversed_,
+        "debt": 0,
     }
     assert member["tier"]["tier"] == "gold"
     assert member["tier"]["qualifying_spend_minor"] == 220000 + 6000

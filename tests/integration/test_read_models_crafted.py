@@ -16,6 +16,8 @@ from tests.integration.projection import projected
 from tests.unit import ledger_fixtures as make
 from tests.unit.ledger_fixtures import at, log_of
 
+PROGRAM = "$program"
+
 
 def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running: Running) -> None:
     now = datetime.now(UTC)
@@ -34,6 +36,14 @@ def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running
             ),
         ),
         *log_of("s-plat", make.purchase("e1", 5000, ago(100)), make.set_tier("platinum", ago(99))),
+        *log_of("s-new", make.enrol(ago(5))),  # enrolled, never bought
+        *log_of(
+            "s-returned",  # the recent purchase went back in full: recency counts from the one before
+            make.purchase("f1", 10000, ago(60)),
+            make.purchase("f2", 10000, ago(3)),
+            make.refund("rf-f2", "f2", 10000, ago(2)),
+        ),
+        *log_of("s-undone", make.purchase("g1", 10000, ago(4)), make.refund("rf-g1", "g1", 10000, ago(3))),
     ]
     with projected(isolated, running, log) as read:
 
@@ -43,12 +53,13 @@ def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running
             return [member["member_id"] for member in response.json()["members"]]
 
         assert segment("active") == ["s-active", "s-gold"]
-        assert segment("silent") == ["s-plat", "s-silent"]
+        assert segment("silent") == ["s-plat", "s-returned", "s-silent"]
         assert segment("churned") == ["s-churned"]
-        assert segment("regular") == ["s-active", "s-churned", "s-silent"]
+        assert segment("new") == ["s-new", "s-undone"]
+        assert segment("regular") == ["s-active", "s-churned", "s-new", "s-returned", "s-silent", "s-undone"]
         assert segment("gold") == ["s-gold"]
         assert segment("platinum") == ["s-plat"]
-        # 5 members: the top 10% by spend is one member, and the top tier is core too.
+        # 8 members: the top 10% by spend is one member, and the top tier is core too.
         assert segment("core") == ["s-gold", "s-plat"]
         assert segment("category:beauty") == ["s-gold"]
         assert segment("category:shoes") == ["s-active"]
@@ -56,13 +67,23 @@ def test_segments_by_recency_tier_value_and_category(isolated: Isolated, running
         first = read.get("/v1/segments/regular/members", params={"limit": 2}).json()
         assert [m["member_id"] for m in first["members"]] == ["s-active", "s-churned"]
         rest = read.get(
-            "/v1/segments/regular/members", params={"limit": 2, "cursor": first["next_cursor"]}
+            "/v1/segments/regular/members", params={"limit": 4, "cursor": first["next_cursor"]}
         ).json()
-        assert [m["member_id"] for m in rest["members"]] == ["s-silent"]
+        assert [m["member_id"] for m in rest["members"]] == ["s-new", "s-returned", "s-silent", "s-undone"]
         assert rest["next_cursor"] is None
 
         assert read.get("/v1/members/s-silent").json()["segment"] == "silent"
         assert read.get("/v1/members/s-churned").json()["segment"] == "churned"
+        assert read.get("/v1/members/s-new").json()["segment"] == "new"
+        assert read.get("/v1/members/s-undone").json()["segment"] == "new"
+        assert read.get("/v1/members/s-returned").json()["segment"] == "silent"
+        today = now.astimezone(ProgramRules().zone).date().isoformat()
+        # Active members in the last 30 days: the purchases refunded in full do not count.
+        recent = (now.astimezone(ProgramRules().zone).date() - timedelta(days=29)).isoformat()
+        days = read.get("/v1/metrics", params={"period": "day", "from": recent, "to": today}).json()[
+            "periods"
+        ]
+        assert sum(day["active_members"] for day in days) == 2  # s-active and s-gold
 
 
 def test_program_metrics_per_month_and_day(isolated: Isolated, running: Running) -> None:
@@ -166,3 +187,137 @@ def test_a_purchase_id_used_again_after_the_ledger_forgot_it(isolated: Isolated,
                 "SELECT purchase_id, amount_minor, refunded_minor FROM member_purchases ORDER BY sequence"
             ).fetchall()
         assert rows == [("o-1", 10000, 0), ("o-2", 10000, 0), ("o-1", 20000, 5000)]
+
+
+def test_the_balance_reconciles_with_adjustments_and_debt(isolated: Isolated, running: Running) -> None:
+    log = [
+        *log_of("b-adj", make.enrol(at(2025, 3, 1)), make.adjust("a-1", 500, at(2025, 3, 2))),
+        *log_of(
+            "b-debt",
+            make.purchase("o-1", 100000, at(2025, 3, 1)),  # 1000 points
+            make.redeem("rd-1", 1000, at(2025, 3, 2)),
+            make.refund("rf-1", "o-1", 100000, at(2025, 3, 3)),  # 1000 reversed, all of them spent
+            make.purchase("o-2", 30000, at(2025, 3, 4)),  # 300 points repay 300 of the debt
+        ),
+    ]
+    with projected(isolated, running, log) as read:
+        assert read.get("/v1/members/b-adj").json()["balance"] == {
+            "available": 500,
+            "pending": 0,
+            "lifetime_earned": 0,
+            "adjusted": 500,
+            "redeemed": 0,
+            "expired": 0,
+            "reversed": 0,
+            "debt": 0,
+        }
+        balance = read.get("/v1/members/b-debt/balance").json()
+        assert {
+            key: balance[key] for key in ("available", "lifetime_earned", "redeemed", "reversed", "debt")
+        } == {
+            "available": -700,
+            "lifetime_earned": 1300,
+            "redeemed": 1000,
+            "reversed": 1000,
+            "debt": 700,
+        }
+        before = read.get("/v1/members/b-debt/balance", params={"as_of": "2025-03-03T12:00:00Z"}).json()
+        assert (before["available"], before["debt"]) == (-1000, 1000)
+        for shown in (balance, before, read.get("/v1/members/b-debt").json()["balance"]):
+            earned = shown["lifetime_earned"] + shown["adjusted"]
+            spent = shown["redeemed"] + shown["expired"] + shown["reversed"]
+            assert earned - spent == shown["available"] + shown["pending"]
+
+        (march,) = read.get("/v1/metrics", params={"from": "2025-03-01", "to": "2025-03-31"}).json()[
+            "periods"
+        ]
+        assert (march["points_earned"], march["points_adjusted"], march["points_reversed"]) == (
+            1300,
+            500,
+            1000,
+        )
+
+
+def test_days_and_months_are_those_of_the_program_time_zone(isolated: Isolated, running: Running) -> None:
+    beijing_march_1st = datetime(2025, 2, 28, 19, 0, tzinfo=UTC)  # 03:00 on 1 March in Beijing
+    log = [
+        *log_of("z-1", make.purchase("o-1", 10000, beijing_march_1st)),
+        *log_of("z-2", make.purchase("o-2", 20000, at(2025, 2, 28, hour=15))),  # 23:00 on 28 February
+    ]
+    with projected(isolated, running, log) as read:
+        feb, mar = read.get("/v1/metrics", params={"from": "2025-02-01", "to": "2025-03-31"}).json()[
+            "periods"
+        ]
+        assert (feb["new_members"], feb["purchases"], feb["spend_minor"], feb["active_members"]) == (
+            1,
+            1,
+            20000,
+            1,
+        )
+        assert (mar["new_members"], mar["purchases"], mar["spend_minor"], mar["active_members"]) == (
+            1,
+            1,
+            10000,
+            1,
+        )
+        assert (feb["tier_distribution"], mar["tier_distribution"]) == ({"regular": 1}, {"regular": 2})
+        (first,) = read.get(
+            "/v1/metrics", params={"period": "day", "from": "2025-03-01", "to": "2025-03-01"}
+        ).json()["periods"]
+        assert (first["purchases"], first["points_earned"], first["members_at_start"]) == (1, 100, 1)
+
+
+def test_liability_owes_positive_balances_at_the_value_of_the_time(
+    isolated: Isolated, running: Running
+) -> None:
+    program, rules_log = Account.new(PROGRAM), []
+    for rules, when in [
+        (ProgramRules(), at(2025, 1, 1)),
+        (ProgramRules(version=2, redemption_value_minor_per_point=20), at(2025, 2, 15)),
+    ]:
+        command = replace(make.record_rules(when, f"rules:{rules.version}"), member_id=PROGRAM)
+        program, _, events = make.apply(program, command, rules)
+        rules_log.extend(events)
+    log = [
+        *rules_log,
+        *log_of("l-a", make.purchase("o-1", 100000, at(2025, 1, 5))),  # 1,000 points
+        *log_of(
+            "l-b",
+            make.purchase("o-2", 30000, at(2025, 1, 5)),
+            make.redeem("rd-1", 300, at(2025, 1, 6)),
+            make.refund("rf-1", "o-2", 30000, at(2025, 1, 7)),  # -300
+        ),
+    ]
+    with projected(isolated, running, log) as read:
+        jan, feb = read.get("/v1/metrics", params={"from": "2025-01-01", "to": "2025-02-28"}).json()[
+            "periods"
+        ]
+        assert (jan["liability_points"], jan["owed_by_members_points"], jan["liability_minor"]) == (
+            1000,
+            300,
+            10000,
+        )
+        # February ends under rules 2: a point is worth 0.20 CNY.
+        assert (feb["liability_points"], feb["liability_minor"]) == (1000, 20000)
+
+
+def test_the_favourite_category_is_net_of_refunds(isolated: Isolated, running: Running) -> None:
+    log = log_of(
+        "f-1",
+        make.purchase(
+            "o-1", 90000, at(2025, 3, 1), [make.item("beauty", "600.00"), make.item("shoes", "300.00")]
+        ),
+        make.purchase("o-2", 40000, at(2025, 3, 2), [make.item("shoes", "400.00")]),  # shoes 700 gross
+        make.refund("rf-1", "o-2", 40000, at(2025, 3, 3)),  # all of it back: shoes 300
+        make.refund("rf-2", "o-1", 30000, at(2025, 3, 4)),  # a third back: beauty 400, shoes 200
+    )
+    with projected(isolated, running, log) as read:
+        assert read.get("/v1/members/f-1").json()["favourite_category"] == "beauty"
+        beauty = read.get("/v1/segments/category:beauty/members").json()["members"]
+        assert [member["member_id"] for member in beauty] == ["f-1"]
+        assert read.get("/v1/segments/category:shoes/members").json()["members"] == []
+        with psycopg.connect(isolated.env["LOYALTY_DATABASE_URL"]) as conn:
+            spend = conn.execute(
+                "SELECT category, spend_minor FROM member_categories ORDER BY category"
+            ).fetchall()
+        assert spend == [("beauty", 40000), ("shoes", 20000)]
