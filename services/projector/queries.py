@@ -54,8 +54,8 @@ async def balance_now(conn: AsyncConnection, member_id: str) -> dict[str, Any] |
     """The member's current balance and last applied sequence: one row, kept by the projector."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        "SELECT last_sequence, available, pending, lifetime_earned, redeemed, expired, reversed "
-        "FROM members WHERE member_id = %s AND enrolled_at IS NOT NULL",
+        "SELECT last_sequence, available, pending, lifetime_earned, redeemed, expired, reversed, "
+        "adjusted, debt FROM members WHERE member_id = %s AND enrolled_at IS NOT NULL",
         (member_id,),
     )
     return await cur.fetchone()
