@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 import pytest
 
+from schemas.canonical import canonical_json
 from schemas.events import (
     EarningRule,
     PointsEarned,
@@ -234,3 +236,10 @@ def test_a_log_from_before_every_earning_had_its_own_lot_still_reads() -> None:
     account, events, _ = apply(account, tick(at(2025, 1, 20)), rules)
     assert [event.lot_id for event in of_type(events, PointsMatured)] == [old_name, old_name]
     assert (account.pending_points, account.available) == (0, 200)
+
+
+def test_a_rule_added_later_changes_the_fingerprint_only_when_set_away_from_its_default() -> None:
+    """An upgraded ledger with the same rules file is not taken for a change of rules."""
+    as_before = {k: v for k, v in RULES.model_dump(mode="json").items() if k != "future_tolerance_hours"}
+    assert RULES.fingerprint() == hashlib.sha256(canonical_json(as_before)).hexdigest()
+    assert ProgramRules(future_tolerance_hours=1).fingerprint() != RULES.fingerprint()
