@@ -116,6 +116,8 @@ class PurchaseRefunded(EventData):
     purchase_id: str
     amount_minor: int
     refunded_total_minor: int
+    # The items the refund named (none before they could be named): what its reversal follows.
+    items: tuple[PurchaseItem, ...] = ()
 
 
 class PointsReversed(EventData):

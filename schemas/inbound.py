@@ -62,6 +62,9 @@ class RefundMessage(BaseModel):
     amount: Amount
     currency: Currency
     occurred_at: OccurredAt
+    # The items returned, as the purchase listed them: their points are reversed, category bonuses
+    # included. Without items, the refund takes its share in proportion to the amount.
+    items: list[PurchaseItem] | None = Field(default=None, max_length=500)
 
 
 InboundMessage = Annotated[PurchaseMessage | RefundMessage, Field(discriminator="type")]

@@ -46,7 +46,7 @@ class CategoryBonus(_Strict):
 class ProgramRules(_Strict):
     # Rules added after logs were first written: while at their default they stay out of the
     # fingerprint, so that rules recorded before they existed still match (no new version needed).
-    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"time_zone"})
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"time_zone", "future_tolerance_hours"})
 
     version: int = Field(default=1, ge=1)
     points_per_cny: Multiplier = "1"
@@ -71,6 +71,9 @@ class ProgramRules(_Strict):
     expiry_months: int = Field(default=24, ge=1, le=1200)
     pending_days: int = Field(default=0, ge=0, le=365)
     refund_window_days: int = Field(default=365, ge=1, le=3650, description="refunds accepted this long")
+    future_tolerance_hours: int = Field(
+        default=24, ge=0, le=8760, description="how far after it arrives a purchase may be dated"
+    )
     redemption_value_minor_per_point: int = Field(default=10, ge=0, description="100 points = 10 CNY")
     active_days: int = Field(default=30, ge=1)
     silent_days: int = Field(default=180, ge=1)
@@ -117,10 +120,12 @@ class ProgramRules(_Strict):
         return ZoneInfo(self.time_zone)
 
     def fingerprint(self) -> str:
-        defaults = {
+        """A rule added after logs were written counts only when set away from its default, so that
+        upgrading the ledger is not taken for a change of rules under the same version."""
+        later = {
             name for name in self.ADDED_LATER if getattr(self, name) == type(self).model_fields[name].default
         }
-        return hashlib.sha256(canonical_json(self.model_dump(mode="json", exclude=defaults))).hexdigest()
+        return hashlib.sha256(canonical_json(self.model_dump(mode="json", exclude=later))).hexdigest()
 
 
 def load_rules(path: Path | None) -> ProgramRules:

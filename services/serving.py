@@ -26,9 +26,8 @@ from services.problems import PROBLEM_BASE
 # Probes and scrapes are never shed: an overloaded API must still say so.
 UNGATED = frozenset({"/healthz", "/readyz", "/metrics"})
 TURN = "loyalty.turn"
-# The event loop is checked this often; running later than this share of the budget, it sheds.
+# How often the event loop's lateness is checked.
 LATENESS_TICK_S = 0.01
-LATE_SHARE = 0.2
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -76,8 +75,9 @@ class Admission:
     A request that would queue behind more work than the budget allows (by the recent time a turn
     takes) is shed on arrival, not after waiting the budget out: under overload the 503 comes back
     at once and the queue stays short for the requests that are served. When the worker's event
-    loop itself runs late (more arrives than it can even read), requests have already waited
-    unseen: every new one is shed until the loop catches up, which is what lets it catch up.
+    loop itself runs later than the budget (more arrives than it can even read), requests have
+    already waited the budget out unseen: every new one is shed until the loop catches up, which
+    is what lets it catch up.
     """
 
     def __init__(self, app: ASGIApp, limit: int, budget_s: float, shed: Counter) -> None:
@@ -97,7 +97,7 @@ class Admission:
             return
         if self._lateness is None:
             self._lateness = asyncio.get_running_loop().create_task(self._watch_lateness())
-        if self._late_s > self._budget_s * LATE_SHARE:
+        if self._late_s > self._budget_s:
             self._shed.inc()
             await _overloaded(send)
             return

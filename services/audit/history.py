@@ -122,7 +122,8 @@ def explain(data: EventData) -> str:
         case PointsReversed():
             debt = f"; debt added {data.debt_added}" if data.debt_added else ""
             return (
-                f"refund {data.refund_id} of purchase {data.purchase_id}: points reversed in proportion{debt}"
+                f"refund {data.refund_id} of purchase {data.purchase_id}: "
+                f"points earned on what was returned reversed, none that expired{debt}"
             )
         case PointsRedeemed():
             return f"redemption {data.redemption_id}: oldest lots first"
@@ -154,9 +155,10 @@ def describe(data: EventData) -> str:
             return f"purchase {data.purchase_id}: {from_minor(data.amount_minor)} {data.currency}"
         case PurchaseRefunded():
             total = from_minor(data.refunded_total_minor)
+            items = "".join(f"; {item.sku} ({item.category}) {item.amount}" for item in data.items)
             return (
                 f"refund {data.refund_id} of purchase {data.purchase_id}: "
-                f"{from_minor(data.amount_minor)} CNY ({total} refunded in all)"
+                f"{from_minor(data.amount_minor)} CNY ({total} refunded in all){items}"
             )
         case TierChanged() if data.reason == "manual":
             return f"tier {data.from_tier} -> {data.to_tier}, manual by {data.actor}: {data.note}"

@@ -59,6 +59,9 @@ REJECTION_STATUS = {
     errors.UnknownTier.code: 422,
     errors.InvalidAmount.code: 422,
     errors.PurchaseTooOld.code: 422,
+    errors.PurchaseInFuture.code: 422,
+    errors.DuplicatePurchase.code: 409,
+    errors.RefundWindowClosed.code: 409,
     errors.MemberExists.code: 409,
     errors.PersonalDataWasErased.code: 409,
     "processing_error": 500,
@@ -203,14 +206,17 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     async def post_purchase(
         body: PurchaseMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
-        """Record a purchase: the member earns points on it (and is enrolled if new)."""
+        """Record a purchase: the member earns points on it (and is enrolled if new). 409
+        duplicate_purchase for an id the member has with another amount or date; 422
+        purchase_in_future for a date past the rules' tolerance."""
         return await submit(request, response, body, body.member_id, idempotency_key)
 
     @app.post("/v1/refunds", status_code=201, response_model=CommandOutcome, dependencies=[commands])
     async def post_refund(
         body: RefundMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
-        """Refund part or all of a purchase: its points are reversed in proportion."""
+        """Refund part or all of a purchase: the points its items earned are reversed (in proportion
+        to the amount when it names none); 409 refund_window_closed past the refund window."""
         return await submit(request, response, body, body.member_id, idempotency_key)
 
     @app.post("/v1/redemptions", status_code=201, response_model=CommandOutcome, dependencies=[commands])

@@ -175,25 +175,29 @@ _inbound: TypeAdapter[PurchaseMessage | RefundMessage] = TypeAdapter(InboundMess
 _command: TypeAdapter[CommandMessage] = TypeAdapter(CommandMessage)
 
 
-def parse_command_record(value: bytes | None) -> Command | Tick:
+def parse_command_record(value: bytes | None, received_at: datetime) -> Command | Tick:
+    """`received_at`: the record's timestamp, when it reached the log (for both inputs alike)."""
     message = _validate(_command, value)
-    return _or_invalid(lambda: _parse_command(message))
+    return _or_invalid(lambda: _parse_command(message, received_at))
 
 
-def _parse_command(message: CommandMessage) -> Command | Tick:
+def _parse_command(message: CommandMessage, received_at: datetime) -> Command | Tick:
     if isinstance(message.body, TickBody):
         return Tick(
             command_id=message.command_id,
             correlation_id=message.correlation_id,
             now=message.body.now.astimezone(UTC),
         )
-    return to_command(message.body, message.command_id, message.correlation_id, message.issued_at)
+    return to_command(
+        message.body, message.command_id, message.correlation_id, message.issued_at, received_at
+    )
 
 
-def parse_inbound_record(value: bytes | None) -> Command:
-    """A bare purchase or refund; its command id is derived from its business id."""
+def parse_inbound_record(value: bytes | None, received_at: datetime) -> Command:
+    """A bare purchase or refund; its command id is derived from its business id (and a purchase's
+    facts: the same id with another amount or date is another command, decided on its own)."""
     message = _validate(_inbound, value)
-    return _or_invalid(lambda: _inbound_command(message))
+    return _or_invalid(lambda: _inbound_command(message, received_at))
 
 
 def _or_invalid(build: Callable[[], R]) -> R:
@@ -205,17 +209,21 @@ def _or_invalid(build: Callable[[], R]) -> R:
         raise InvalidRecord("invalid_message", str(error)) from None
 
 
-def _inbound_command(message: PurchaseMessage | RefundMessage) -> Command:
-    key = (
-        f"purchase:{message.purchase_id}"
-        if isinstance(message, PurchaseMessage)
-        else f"refund:{message.refund_id}"
-    )
+def _inbound_command(message: PurchaseMessage | RefundMessage, received_at: datetime) -> Command:
+    if isinstance(message, PurchaseMessage):
+        when = message.occurred_at.astimezone(UTC).isoformat()
+        key = f"purchase:{message.purchase_id}:{to_minor(message.amount)}:{when}"
+    else:
+        key = f"refund:{message.refund_id}"
     command_id = derived_id(INBOUND_NAMESPACE, f"{message.member_id}:{key}")
-    return to_command(message, command_id, command_id, message.occurred_at)
+    return to_command(message, command_id, command_id, message.occurred_at, received_at)
 
 
-def to_command(body: BaseModel, command_id: str, correlation_id: str, issued_at: datetime) -> Command:
+def to_command(
+    body: BaseModel, command_id: str, correlation_id: str, issued_at: datetime, received_at: datetime
+) -> Command:
+    """The domain command of a message. `issued_at` is the time of the commands the API sends;
+    `received_at` (when the record reached the log) is what a purchase's own date is judged against."""
     ids: dict[str, Any] = {"command_id": command_id, "correlation_id": correlation_id}
     match body:
         case PurchaseMessage():
@@ -223,6 +231,7 @@ def to_command(body: BaseModel, command_id: str, correlation_id: str, issued_at:
                 **ids,
                 member_id=body.member_id,
                 occurred_at=body.occurred_at.astimezone(UTC),
+                received_at=received_at.astimezone(UTC),
                 purchase_id=body.purchase_id,
                 amount_minor=to_minor(body.amount),
                 currency=body.currency,
@@ -238,6 +247,7 @@ def to_command(body: BaseModel, command_id: str, correlation_id: str, issued_at:
                 refund_id=body.refund_id,
                 purchase_id=body.purchase_id,
                 amount_minor=to_minor(body.amount),
+                items=tuple(body.items or ()),
             )
     at = issued_at.astimezone(UTC)
     match body:

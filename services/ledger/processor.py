@@ -424,7 +424,7 @@ class Processor:
 
     def _decide(self, record: ConsumerRecord, batch: _Batch) -> bool:
         try:
-            command = self._parsers[record.topic](record.value)
+            command = self._parsers[record.topic](record.value, _timestamp(record))
         except InvalidRecord as invalid:
             self._dead_letter(record, invalid.code, invalid.message)
             return True
@@ -469,7 +469,7 @@ class Processor:
         if record.topic != self._settings.topic_commands:
             return
         try:
-            command = parse_command_record(record.value)
+            command = parse_command_record(record.value, _timestamp(record))
         except InvalidRecord:
             return
         if isinstance(command, Tick):

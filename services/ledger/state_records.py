@@ -144,7 +144,18 @@ def _micros(instant: datetime) -> int:
 
 def _purchase(p: Purchase) -> bytes:
     return orjson.dumps(
-        (p.command_id, p.amount_minor, p.occurred_at, p.refunded_minor, p.points_earned, p.points_reversed)
+        (
+            p.command_id,
+            p.amount_minor,
+            p.occurred_at,
+            p.refunded_minor,
+            p.points_earned,
+            p.points_reversed,
+            p.lot_id,
+            p.points_expired,
+            p.category_spend,
+            p.bonuses,
+        )
     )
 
 
@@ -177,7 +188,7 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
         if kind == SUMMARY:
             fields = decoded
         elif kind == PURCHASE:
-            purchases[item] = _decode_purchase(decoded)
+            purchases[item] = _decode_purchase(item, decoded)
         elif kind == LOT:
             lots.append(Lot(item, decoded[0], _instant(decoded[1])))
         elif kind == PENDING:
@@ -206,9 +217,27 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
     )
 
 
-def _decode_purchase(fields: list[Any]) -> Purchase:
-    command_id, amount, occurred, refunded, earned, reversed_ = fields
-    return Purchase(command_id, amount, _instant(occurred), refunded, earned, reversed_)
+def _decode_purchase(purchase_id: str, fields: list[Any]) -> Purchase:
+    """Records written before purchases knew their lot name it as it was then, and know nothing
+    of expiry or items (a refund of such a purchase takes its share in proportion)."""
+    command_id, amount, occurred, refunded, earned, reversed_ = fields[:6]
+    if len(fields) == 6:
+        return Purchase(
+            command_id, amount, _instant(occurred), refunded, earned, reversed_, f"purchase:{purchase_id}"
+        )
+    lot_id, expired, spend, bonuses = fields[6:]
+    return Purchase(
+        command_id,
+        amount,
+        _instant(occurred),
+        refunded,
+        earned,
+        reversed_,
+        lot_id,
+        expired,
+        tuple((category, minor) for category, minor in spend),
+        tuple((category, factor) for category, factor in bonuses),
+    )
 
 
 def _decode_redemption(fields: list[Any]) -> Redemption:
@@ -245,7 +274,10 @@ def legacy_account(raw: bytes) -> Account:
         pending=by_maturity(
             PendingLot(lot_id, n, _instant(e), _instant(m)) for lot_id, n, e, m in d["pending"]
         ),
-        purchases={purchase_id: _decode_purchase(fields) for purchase_id, fields in d["purchases"].items()},
+        purchases={
+            purchase_id: _decode_purchase(purchase_id, fields)
+            for purchase_id, fields in d["purchases"].items()
+        },
         refunds=d["refunds"],
         redemptions={
             redemption_id: _decode_redemption(fields) for redemption_id, fields in d["redemptions"].items()

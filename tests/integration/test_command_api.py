@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from schemas.position import decode_position
-from schemas.rules import ProgramRules
+from schemas.rules import CategoryBonus, ProgramRules
 from services.ledger.api import create_app
 from services.ledger.processor import Processor
 from tests.conftest import Isolated, Running
@@ -63,6 +64,46 @@ def test_refunds_reverse_points_in_proportion(ledger: TestClient) -> None:
     too_much = ledger.post("/v1/refunds", json={**refund, "refund_id": "r-2", "amount": "80.00"})
     assert too_much.status_code == 409
     assert too_much.json()["type"].endswith("/refund_exceeds_purchase")
+
+
+def test_a_purchase_id_is_one_purchase_and_a_date_is_judged_against_its_arrival(ledger: TestClient) -> None:
+    buy(ledger, "m-9", "100.00", "o-1")
+    retry = ledger.post("/v1/purchases", json=purchase("m-9", "o-1", "100.00"))
+    assert (retry.status_code, retry.json()["status"]) == (200, "duplicate")
+    reused = ledger.post("/v1/purchases", json=purchase("m-9", "o-1", "50.00"))
+    assert reused.status_code == 409
+    assert reused.json()["type"].endswith("/duplicate_purchase")
+    ahead = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    future = ledger.post("/v1/purchases", json=purchase("m-9", "o-2", "10.00", occurred_at=ahead))
+    assert future.status_code == 422
+    assert future.json()["type"].endswith("/purchase_in_future")
+
+
+def test_a_refund_that_names_its_items_reverses_what_they_earned(
+    isolated: Isolated, running: Running
+) -> None:
+    rules = ProgramRules(category_bonuses=(CategoryBonus(category="beauty", multiplier="2"),))
+    with TestClient(create_app(isolated.ledger()), headers=isolated.headers) as ledger:
+        running.start(Processor(isolated.ledger(), rules).run)
+        items = [
+            {"sku": "b-1", "category": "beauty", "quantity": 1, "amount": "100.00"},
+            {"sku": "h-1", "category": "home", "quantity": 1, "amount": "100.00"},
+        ]
+        bought = ledger.post("/v1/purchases", json=purchase("m-10", "o-1", "200.00", items=items))
+        assert bought.json()["balance"]["available"] == 300, bought.text
+        refund = {
+            "type": "refund",
+            "refund_id": "r-1",
+            "purchase_id": "o-1",
+            "member_id": "m-10",
+            "amount": "100.00",
+            "currency": "CNY",
+            "occurred_at": "2026-11-23T09:00:00Z",
+            "items": items[:1],
+        }
+        response = ledger.post("/v1/refunds", json=refund)
+        assert response.status_code == 201, response.text
+        assert response.json()["balance"]["available"] == 100
 
 
 def test_redemption_cancel_and_insufficient_points(ledger: TestClient) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 
@@ -130,3 +131,24 @@ def test_both_services_are_healthy_and_ready(system: tuple[TestClient, TestClien
     for client in system:
         assert client.get("/healthz").status_code == 200
         eventually(lambda c=client: c.get("/readyz").status_code == 200, what="ready")
+
+
+def test_a_reused_or_future_dated_purchase_on_kafka_is_rejected_in_the_log(
+    system: tuple[TestClient, TestClient], isolated: Isolated
+) -> None:
+    """The same outcomes as over HTTP (issue 14): never dropped without a trace."""
+    settings = isolated.ledger()
+    send_purchase(settings, "m-8", "ord-1", "10.00")
+    send_purchase(settings, "m-8", "ord-1", "10.00")  # a retry: nothing more
+    send_purchase(settings, "m-8", "ord-1", "55.00")  # the id used for another purchase
+    ahead = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    send_purchase(settings, "m-8", "ord-2", "10.00", occurred_at=ahead)
+
+    def rejections() -> list[str] | None:
+        events = events_of(settings.kafka_bootstrap, settings.topic_events, "m-8")
+        found = [e["data"]["code"] for e in events if e["type"] == "CommandRejected"]
+        return found if len(found) == 2 else None
+
+    assert eventually(rejections, what="two rejections") == ["duplicate_purchase", "purchase_in_future"]
+    events = events_of(settings.kafka_bootstrap, settings.topic_events, "m-8")
+    assert [e["type"] for e in events].count("PointsEarned") == 1

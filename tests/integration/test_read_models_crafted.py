@@ -186,7 +186,12 @@ def test_a_purchase_id_used_again_after_the_ledger_forgot_it(isolated: Isolated,
             rows = conn.execute(
                 "SELECT purchase_id, amount_minor, refunded_minor FROM member_purchases ORDER BY sequence"
             ).fetchall()
+            lots = conn.execute(
+                "SELECT points, expires_at FROM member_lots WHERE member_id = 'r-1' ORDER BY expires_at"
+            ).fetchall()
         assert rows == [("o-1", 10000, 0), ("o-2", 10000, 0), ("o-1", 20000, 5000)]
+        # Each recording of o-1 is its own lot, with its own expiry (issue 14, finding 1).
+        assert lots == [(100, at(2026, 1, 10)), (100, at(2027, 5, 1)), (150, at(2027, 6, 1))]
 
 
 def test_the_balance_reconciles_with_adjustments_and_debt(isolated: Isolated, running: Running) -> None:

@@ -54,9 +54,12 @@ def purchase(
     when: datetime = T0,
     items: Iterable[PurchaseItem] = (),
     command_id: str | None = None,
+    received: datetime | None = None,
 ) -> RecordPurchase:
+    """A purchase that arrives when it is made, unless `received` says otherwise."""
     return RecordPurchase(
         **_ids(command_id or f"purchase:{purchase_id}", when),
+        received_at=received or when,
         purchase_id=purchase_id,
         amount_minor=amount_minor,
         currency="CNY",
@@ -69,13 +72,19 @@ def item(category: str, amount: str, sku: str = "sku-1") -> PurchaseItem:
 
 
 def refund(
-    refund_id: str, purchase_id: str, amount_minor: int, when: datetime = T0, command_id: str | None = None
+    refund_id: str,
+    purchase_id: str,
+    amount_minor: int,
+    when: datetime = T0,
+    command_id: str | None = None,
+    items: Iterable[PurchaseItem] = (),
 ) -> RefundPurchase:
     return RefundPurchase(
         **_ids(command_id or f"refund:{refund_id}", when),
         refund_id=refund_id,
         purchase_id=purchase_id,
         amount_minor=amount_minor,
+        items=tuple(items),
     )
 
 
@@ -190,5 +199,5 @@ def lot(lot_id: str, points: int, expires_at: datetime) -> LotPoints:
 
 # 100 points at T0 (expiring 2027-01-15) and 100 points a month later (expiring 2027-02-15).
 TWO_LOTS = (purchase("o-1", 10000), purchase("o-2", 10000, at(2025, 2, 15)))
-LOT_1 = lot("purchase:o-1", 100, at(2027, 1, 15))
-LOT_2 = lot("purchase:o-2", 100, at(2027, 2, 15))
+LOT_1 = lot("purchase:o-1@3", 100, at(2027, 1, 15))
+LOT_2 = lot("purchase:o-2@5", 100, at(2027, 2, 15))

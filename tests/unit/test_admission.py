@@ -137,7 +137,7 @@ def test_while_the_event_loop_runs_late_new_requests_are_shed() -> None:
 
 
 async def _while_the_event_loop_runs_late_new_requests_are_shed() -> None:
-    app, _ = _app(limit=8, budget_ms=250)
+    app, _ = _app(limit=8, budget_ms=100)
     async with _client(app) as client:
         assert (await client.get("/takes", params={"seconds": 0.03})).status_code == 200
         for _ in range(2):  # late twice running: not one hiccup

@@ -53,7 +53,7 @@ def test_a_first_purchase_enrols_the_member_and_earns_one_point_per_whole_cny() 
         ),
         PointsEarned(
             purchase_id="o-1",
-            lot_id="purchase:o-1",
+            lot_id="purchase:o-1@3",
             points=129,
             expires_at=at(2027, 1, 15),
             rule=EarningRule(tier="regular", tier_multiplier="1.0", points_per_cny="1", rounding="floor"),

@@ -23,6 +23,7 @@ def purchase(member_id: str = "m-1", command_id: str = "c-1") -> RecordPurchase:
         correlation_id=command_id,
         member_id=member_id,
         occurred_at=NOW,
+        received_at=NOW,
         purchase_id="o-1",
         amount_minor=12990,
         currency="CNY",

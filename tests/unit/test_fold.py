@@ -25,6 +25,7 @@ def events_for(member_id: str, amounts: list[int]) -> list[bytes]:
             correlation_id="r",
             member_id=member_id,
             occurred_at=NOW,
+            received_at=NOW,
             purchase_id=f"o{index}",
             amount_minor=amount,
             currency="CNY",

@@ -7,6 +7,7 @@ import copy
 import json
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -269,7 +270,7 @@ def test_on_the_topic_a_message_needs_its_type() -> None:
     assert list(on_topic.iter_errors(purchase())) == []
     assert list(on_topic.iter_errors(untyped)) != []
     with pytest.raises(InvalidRecord):
-        parse_inbound_record(json.dumps(untyped).encode())
+        parse_inbound_record(json.dumps(untyped).encode(), datetime.now(UTC))
 
 
 # (c) the AsyncAPI document

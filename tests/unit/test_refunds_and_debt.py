@@ -75,7 +75,7 @@ def test_a_refund_of_spent_points_leaves_a_debt_that_the_next_earning_pays_first
             refund_id="r-1",
             purchase_id="o-1",
             points=100,
-            from_lots=(lot("purchase:o-1", 40, LOT_1.expires_at),),
+            from_lots=(lot("purchase:o-1@3", 40, LOT_1.expires_at),),
             debt_added=60,
         ),
     ]
@@ -84,7 +84,7 @@ def test_a_refund_of_spent_points_leaves_a_debt_that_the_next_earning_pays_first
         decide(account, redeem("x-2", 1), RULES)
     account, events, _ = apply(account, purchase("o-2", 15000, at(2025, 3, 1)))
     assert [(e.points, e.debt_repaid) for e in of_type(events, PointsEarned)] == [(150, 60)]
-    assert account.lots == (Lot("purchase:o-2", 90, at(2027, 3, 1)),)
+    assert account.lots == (Lot("purchase:o-2@8", 90, at(2027, 3, 1)),)
     assert (account.available, account.debt) == (90, 0)
 
 
@@ -122,7 +122,7 @@ def test_a_refund_in_the_return_window_takes_back_the_pending_points() -> None:
     account = given(purchase("o-1", 10000), rules=rules)
     account, events, _ = apply(account, refund("r-1", "o-1", 10000, at(2025, 1, 20)), rules)
     (reversal,) = of_type(events, PointsReversed)
-    assert reversal.from_pending == (lot("purchase:o-1", 100, at(2027, 1, 15)),)
+    assert reversal.from_pending == (lot("purchase:o-1@3", 100, at(2027, 1, 15)),)
     assert (account.available, account.pending_points, account.debt) == (0, 0, 0)
 
 

@@ -28,6 +28,8 @@ from schemas.events import (
     TierChanged,
     TierRetained,
 )
+from schemas.inbound import PurchaseItem
+from schemas.money import to_minor
 from services.ledger.domain import lots as lot_ops
 from services.ledger.domain.lots import Lot, PendingLot
 
@@ -43,6 +45,14 @@ class Purchase:
     refunded_minor: int = 0
     points_earned: int = 0
     points_reversed: int = 0
+    # The lot its points opened, and how many of them left that lot by expiry: a refund never
+    # reverses those.
+    lot_id: str = ""
+    points_expired: int = 0
+    # What a refund naming items needs to reverse exactly what they earned: the items' spend per
+    # category, and the category bonuses the purchase earned at.
+    category_spend: tuple[tuple[str, int], ...] = ()
+    bonuses: tuple[tuple[str, str], ...] = ()
 
     @property
     def qualifying_minor(self) -> int:
@@ -146,7 +156,10 @@ def _apply(account: Account, event: Event) -> Account:
             return _set(account, has_profile=False, erased=True)
         case PurchaseRecorded():
             purchase = Purchase(
-                command_id=event.command_id, amount_minor=data.amount_minor, occurred_at=event.occurred_at
+                command_id=event.command_id,
+                amount_minor=data.amount_minor,
+                occurred_at=event.occurred_at,
+                category_spend=_category_spend(data.items),
             )
             purchases = {**account.purchases, data.purchase_id: purchase}
             if data.forget_before is None:
@@ -155,16 +168,24 @@ def _apply(account: Account, event: Event) -> Account:
             return _set(account, purchases=kept, forgotten_before=data.forget_before)
         case PointsEarned():
             account = _update_purchase(account, data.purchase_id, earned=data.points)
+            purchase = replace(
+                account.purchases[data.purchase_id],
+                lot_id=data.lot_id,
+                bonuses=tuple(data.rule.category_bonuses.items()),
+            )
+            account = _set(account, purchases={**account.purchases, data.purchase_id: purchase})
             account = _set(account, lifetime_earned=account.lifetime_earned + data.points)
             if data.matures_at is not None:
                 pending = PendingLot(data.lot_id, data.points, data.expires_at, data.matures_at)
                 return _set(account, pending=lot_ops.by_maturity((*account.pending, pending)))
             return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
         case PointsMatured():
+            # One pending lot at a time: logs written before every earning had its own lot can
+            # hold two of the same name.
             matured = next(lot for lot in account.pending if lot.lot_id == data.lot_id)
-            account = _set(
-                account, pending=tuple(lot for lot in account.pending if lot.lot_id != data.lot_id)
-            )
+            still = list(account.pending)
+            still.remove(matured)
+            account = _set(account, pending=tuple(still))
             return _credit(account, data.lot_id, data.points, data.debt_repaid, matured.expires_at)
         case PurchaseRefunded():
             purchase = account.purchases[data.purchase_id]
@@ -220,6 +241,7 @@ def _apply(account: Account, event: Event) -> Account:
                 return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
             return _set(account, lots=lot_ops.remove(account.lots, data.from_lots))
         case PointsExpired():
+            account = _expire_purchases(account, data.lots)
             return _set(
                 account, lots=lot_ops.remove(account.lots, data.lots), expired=account.expired + data.points
             )
@@ -249,6 +271,26 @@ def _credit(account: Account, lot_id: str, points: int, debt_repaid: int, expire
         account,
         lots=lot_ops.add(account.lots, [LotPoints(lot_id=lot_id, points=remaining, expires_at=expires_at)]),
     )
+
+
+def _category_spend(items: tuple[PurchaseItem, ...]) -> tuple[tuple[str, int], ...]:
+    spend: dict[str, int] = {}
+    for item in items:
+        spend[item.category] = spend.get(item.category, 0) + to_minor(item.amount)
+    return tuple(spend.items())
+
+
+def _expire_purchases(account: Account, lapsed: tuple[LotPoints, ...]) -> Account:
+    """Count the expired points against the purchases whose lots they were."""
+    by_lot = {p.lot_id: purchase_id for purchase_id, p in account.purchases.items() if p.lot_id}
+    found = [(by_lot[item.lot_id], item.points) for item in lapsed if item.lot_id in by_lot]
+    if not found:
+        return account
+    purchases = dict(account.purchases)
+    for purchase_id, points in found:
+        purchase = purchases[purchase_id]
+        purchases[purchase_id] = replace(purchase, points_expired=purchase.points_expired + points)
+    return _set(account, purchases=purchases)
 
 
 def _update_purchase(account: Account, purchase_id: str, earned: int = 0, reversed_: int = 0) -> Account:

@@ -19,6 +19,10 @@ class Command:
 
 @dataclass(frozen=True, kw_only=True)
 class RecordPurchase(Command):
+    """`occurred_at` is the shop's date of the purchase; `received_at` is when its record reached the
+    ledger's log, the clock a purchase's own date is judged against."""
+
+    received_at: datetime
     purchase_id: str
     amount_minor: int
     currency: str
@@ -32,6 +36,8 @@ class RefundPurchase(Command):
     refund_id: str
     purchase_id: str
     amount_minor: int
+    # The items returned; none means a share of the whole purchase.
+    items: tuple[PurchaseItem, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,7 +6,7 @@ happens; it never mutates the account. An empty list means the command was alrea
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import singledispatch
 
 from schemas.events import (
@@ -50,18 +50,23 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.earning import points_for
 from services.ledger.domain.errors import (
+    DuplicatePurchase,
     InsufficientPoints,
     InvalidAmount,
     MemberExists,
     PersonalDataWasErased,
+    PurchaseInFuture,
     PurchaseTooOld,
     RefundExceedsPurchase,
+    RefundWindowClosed,
     RulesChangedWithoutNewVersion,
     UnknownMember,
     UnknownPurchase,
     UnknownRedemption,
     UnknownTier,
 )
+from services.ledger.domain.lots import Lot
+from services.ledger.domain.refunds import points_to_reverse
 from services.ledger.domain.tiers import current_index, qualified_index, window_at
 
 
@@ -76,7 +81,7 @@ def original_command(account: Account, command: Command) -> str | None:
     if command.command_id in account.outcomes:
         return command.command_id
     match command:
-        case RecordPurchase() if command.purchase_id in account.purchases:
+        case RecordPurchase() if _same_purchase(account.purchases.get(command.purchase_id), command):
             return account.purchases[command.purchase_id].command_id
         case RefundPurchase() if command.refund_id in account.refunds:
             return account.refunds[command.refund_id]
@@ -87,6 +92,16 @@ def original_command(account: Account, command: Command) -> str | None:
     return None
 
 
+def _same_purchase(known: Purchase | None, command: RecordPurchase) -> bool:
+    """A purchase sent again (same id, amount and date) is a retry; the same id with other facts
+    is a reused id, and is rejected as long as the member remembers the first purchase."""
+    return (
+        known is not None
+        and known.amount_minor == command.amount_minor
+        and known.occurred_at == command.occurred_at
+    )
+
+
 @singledispatch
 def _decide(command: Command, account: Account, rules: ProgramRules) -> list[EventData]:
     raise TypeError(f"no decision for {type(command).__name__}")
@@ -94,6 +109,17 @@ def _decide(command: Command, account: Account, rules: ProgramRules) -> list[Eve
 
 @_decide.register
 def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) -> list[EventData]:
+    if command.purchase_id in account.purchases:
+        raise DuplicatePurchase(
+            f"purchase {command.purchase_id!r} is already recorded with another amount or date; "
+            "a purchase id can be used again once the member's refund and qualifying windows forgot it"
+        )
+    latest = command.received_at + timedelta(hours=rules.future_tolerance_hours)
+    if command.occurred_at > latest:
+        raise PurchaseInFuture(
+            f"the purchase is dated {command.occurred_at.isoformat()}, after {latest.isoformat()}: "
+            f"more than {rules.future_tolerance_hours} hours after it arrived"
+        )
     if account.forgotten_before is not None and command.occurred_at < account.forgotten_before:
         raise PurchaseTooOld(
             f"purchases before {account.forgotten_before.isoformat()} are past the refund and qualifying "
@@ -122,7 +148,8 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
         events.append(
             PointsEarned(
                 purchase_id=command.purchase_id,
-                lot_id=f"purchase:{command.purchase_id}",
+                # Every earning is its own lot, named after the event that opens it.
+                lot_id=f"purchase:{command.purchase_id}@{account.sequence + len(events) + 1}",
                 points=points,
                 expires_at=add_months(command.occurred_at, rules.expiry_months),
                 matures_at=add_days(command.occurred_at, rules.pending_days) if pending else None,
@@ -136,7 +163,10 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
             command_id=command.command_id, amount_minor=command.amount_minor, occurred_at=command.occurred_at
         ),
     }
-    window = window_at(purchases, command.occurred_at, rules)
+    # The window as it stands when the purchase is known, not at its own date: a purchase that
+    # arrives after later ones still counts with them.
+    now = max(command.occurred_at, command.received_at)
+    window = window_at(purchases, now, rules)
     qualified = qualified_index(window, rules)
     if qualified > tier_index:
         events.append(
@@ -146,17 +176,23 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
                 reason="promotion",
                 qualifying_spend_minor=window.spend_minor,
                 purchase_count=window.purchases,
-                next_evaluation_at=add_months(command.occurred_at, rules.evaluation_months),
+                next_evaluation_at=add_months(now, rules.evaluation_months),
             )
         )
     return events
 
 
 def _forget_before(account: Account, command: RecordPurchase, rules: ProgramRules) -> datetime:
-    """The oldest instant the account still needs: refunds, the window of the pending evaluation."""
+    """The oldest instant the account still needs: refunds, the window of the pending evaluation,
+    this purchase.
+
+    It follows the clock of arrival, never a purchase's own date: one purchase dated years ahead
+    must not make the member's real purchases too old to record or refund.
+    """
     needed = [
-        add_months(command.occurred_at, -rules.qualifying_window_months),
-        add_days(command.occurred_at, -rules.refund_window_days),
+        add_months(command.received_at, -rules.qualifying_window_months),
+        add_days(command.received_at, -rules.refund_window_days),
+        command.occurred_at,
     ]
     if account.next_evaluation_at is not None:
         needed.append(add_months(account.next_evaluation_at, -rules.qualifying_window_months))
@@ -173,34 +209,43 @@ def _refund(command: RefundPurchase, account: Account, rules: ProgramRules) -> l
         )
     if command.amount_minor <= 0:
         raise InvalidAmount("a refund amount must be positive")
+    closed = add_days(purchase.occurred_at, rules.refund_window_days)
+    if command.occurred_at > closed:
+        raise RefundWindowClosed(
+            f"purchase {command.purchase_id!r} could be refunded until {closed.isoformat()} "
+            f"({rules.refund_window_days} days)"
+        )
     refundable = purchase.amount_minor - purchase.refunded_minor
     if command.amount_minor > refundable:
         raise RefundExceedsPurchase(
             f"refund of {command.amount_minor} exceeds the {refundable} still refundable "
             f"on {command.purchase_id!r}"
         )
-    refunded_total = purchase.refunded_minor + command.amount_minor
-    events: list[EventData] = [
+    live, lapsed = lot_ops.lapse(account.lots, command.occurred_at)
+    events = _expired(lapsed)
+    events.append(
         PurchaseRefunded(
             refund_id=command.refund_id,
             purchase_id=command.purchase_id,
             amount_minor=command.amount_minor,
-            refunded_total_minor=refunded_total,
+            refunded_total_minor=purchase.refunded_minor + command.amount_minor,
+            items=command.items,
         )
-    ]
-    # Cumulative proportion, so that repeated partial refunds add up to exactly what was earned.
-    to_reverse = purchase.points_earned * refunded_total // purchase.amount_minor - purchase.points_reversed
+    )
+    own_lapsed = sum(item.points for item in lapsed if item.lot_id == purchase.lot_id)
+    to_reverse = points_to_reverse(purchase, command, own_lapsed)
     if to_reverse > 0:
-        events.append(_reversal(account, command, to_reverse))
+        events.append(_reversal(account, live, purchase.lot_id, command, to_reverse))
     return events
 
 
-def _reversal(account: Account, command: RefundPurchase, points: int) -> PointsReversed:
+def _reversal(
+    account: Account, live: tuple[Lot, ...], lot_id: str, command: RefundPurchase, points: int
+) -> PointsReversed:
     """Take the points back: still-pending ones first, then the purchase's own lot, then the oldest lots.
 
     Whatever cannot be taken was already spent; it becomes debt, and the balance goes below zero.
     """
-    lot_id = f"purchase:{command.purchase_id}"
     pending = [
         LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)
         for lot in account.pending
@@ -208,7 +253,7 @@ def _reversal(account: Account, command: RefundPurchase, points: int) -> PointsR
     ]
     from_pending, _ = lot_ops.split_front(pending, points)
     remaining = points - sum(item.points for item in from_pending)
-    own_first = sorted(account.lots, key=lambda lot: lot.lot_id != lot_id)
+    own_first = sorted(live, key=lambda lot: lot.lot_id != lot_id)
     from_lots = lot_ops.take_oldest(tuple(own_first), remaining)
     remaining -= sum(item.points for item in from_lots)
     return PointsReversed(
@@ -221,22 +266,30 @@ def _reversal(account: Account, command: RefundPurchase, points: int) -> PointsR
     )
 
 
+def _expired(lapsed: tuple[LotPoints, ...]) -> list[EventData]:
+    """Lots past their expiry expire before a decision spends or takes back points."""
+    return [PointsExpired(points=sum(item.points for item in lapsed), lots=lapsed)] if lapsed else []
+
+
 @_decide.register
 def _redeem(command: RedeemPoints, account: Account, rules: ProgramRules) -> list[EventData]:
     _require_member(account)
     if command.points <= 0:
         raise InvalidAmount("a redemption needs a positive number of points")
-    if command.points > account.available:
-        raise InsufficientPoints(f"{command.points} points requested, {max(account.available, 0)} available")
+    live, lapsed = lot_ops.lapse(account.lots, command.occurred_at)
+    available = sum(lot.points for lot in live) - account.debt
+    if command.points > available:
+        raise InsufficientPoints(f"{command.points} points requested, {max(available, 0)} available")
     return [
+        *_expired(lapsed),
         PointsRedeemed(
             redemption_id=command.redemption_id,
             points=command.points,
             reward=command.reward,
             value_minor=command.points * rules.redemption_value_minor_per_point,
             currency=CURRENCY,
-            from_lots=lot_ops.take_oldest(account.lots, command.points),
-        )
+            from_lots=lot_ops.take_oldest(live, command.points),
+        ),
     ]
 
 
@@ -286,23 +339,24 @@ def _adjust(command: AdjustPoints, account: Account, rules: ProgramRules) -> lis
                 points=command.points,
                 reason=command.reason,
                 actor=command.actor,
-                lot_id=f"adjustment:{command.adjustment_id}",
+                lot_id=f"adjustment:{command.adjustment_id}@{account.sequence + 1}",
                 expires_at=add_months(command.occurred_at, rules.expiry_months),
                 debt_repaid=min(account.debt, command.points),
             )
         ]
-    if -command.points > account.available:
-        raise InsufficientPoints(
-            f"cannot remove {-command.points} points, {max(account.available, 0)} available"
-        )
+    live, lapsed = lot_ops.lapse(account.lots, command.occurred_at)
+    available = sum(lot.points for lot in live) - account.debt
+    if -command.points > available:
+        raise InsufficientPoints(f"cannot remove {-command.points} points, {max(available, 0)} available")
     return [
+        *_expired(lapsed),
         PointsAdjusted(
             adjustment_id=command.adjustment_id,
             points=command.points,
             reason=command.reason,
             actor=command.actor,
-            from_lots=lot_ops.take_oldest(account.lots, -command.points),
-        )
+            from_lots=lot_ops.take_oldest(live, -command.points),
+        ),
     ]
 
 

@@ -53,3 +53,17 @@ class MemberExists(LedgerError):
 
 class PersonalDataWasErased(LedgerError):
     code = "personal_data_erased"
+
+
+class DuplicatePurchase(LedgerError):
+    """A purchase id the member still remembers, with other facts: a reused id, not a retry."""
+
+    code = "duplicate_purchase"
+
+
+class PurchaseInFuture(LedgerError):
+    code = "purchase_in_future"
+
+
+class RefundWindowClosed(LedgerError):
+    code = "refund_window_closed"

@@ -45,6 +45,20 @@ def take_oldest(lots: tuple[Lot, ...], points: int) -> tuple[LotPoints, ...]:
     return tuple(takes)
 
 
+def lapse(lots: tuple[Lot, ...], now: datetime) -> tuple[tuple[Lot, ...], tuple[LotPoints, ...]]:
+    """The lots still alive at `now`, and the points of those past their expiry.
+
+    A lot at or past its expiry is spent by no decision, whether or not a tick recorded it yet.
+    """
+    live = tuple(lot for lot in lots if lot.expires_at > now)
+    lapsed = tuple(
+        LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)
+        for lot in lots
+        if lot.expires_at <= now
+    )
+    return live, lapsed
+
+
 def remove(lots: tuple[Lot, ...], takes: Iterable[LotPoints]) -> tuple[Lot, ...]:
     taken: dict[str, int] = {}
     for take in takes:
