@@ -12,21 +12,14 @@ same records, in the same run, gives this machine's ceiling.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
 from bench.processor_throughput import bare_loop, committed_total, load
-from localinfra.process import reserved_ports
+from bench.stack import RunningStack, loyalty_run
 from services.ledger.settings import LedgerSettings
 
 
@@ -35,54 +28,17 @@ def main() -> None:
     parser.add_argument("--purchases", type=int, default=60_000)
     parser.add_argument("--members", type=int, default=1_000)
     args = parser.parse_args()
-    state = Path(tempfile.mkdtemp(prefix="bench-end-to-end-"))
-    with reserved_ports(5) as (kafka, controller, pg, ledger, read):
-        env = {
-            **{
-                k: v
-                for k, v in os.environ.items()
-                if k not in ("LOYALTY_KAFKA_BOOTSTRAP", "LOYALTY_DATABASE_URL")
-            },
-            "LOYALTY_STATE_DIR": str(state),
-            "LOYALTY_LOCAL_KAFKA_PORT": str(kafka),
-            "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(controller),
-            "LOYALTY_LOCAL_PG_PORT": str(pg),
-            "LOYALTY_LEDGER_PORT": str(ledger),
-            "LOYALTY_READ_PORT": str(read),
-            "LOYALTY_LOG_LEVEL": "WARNING",
-        }
-        log = state / "run.log"
-        with open(log, "wb") as out:
-            run = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "run"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            measure(args.purchases, args.members, run, log, kafka, pg)
-        finally:
-            run.send_signal(signal.SIGINT)
-            run.wait(timeout=120)
-            shutil.rmtree(state, ignore_errors=True)
+    with loyalty_run() as stack:
+        measure(args.purchases, args.members, stack)
 
 
-def measure(
-    purchases: int, members: int, run: subprocess.Popen[bytes], log: Path, kafka: int, pg: int
-) -> None:
-    started = time.monotonic()
-    while "ledger API:" not in log.read_text():
-        if run.poll() is not None:
-            raise SystemExit(log.read_text()[-3000:])
-        time.sleep(0.5)
-    print(f"loyalty run ready in {time.monotonic() - started:.1f} s", flush=True)
-    settings = LedgerSettings(kafka_bootstrap=f"127.0.0.1:{kafka}")
+def measure(purchases: int, members: int, stack: RunningStack) -> None:
+    settings = LedgerSettings(kafka_bootstrap=stack.kafka)
     started = time.monotonic()
     load(settings, settings.topic_purchases, purchases, members, days=300)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     reader = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed")
-    with psycopg.connect(f"postgresql://loyalty@127.0.0.1:{pg}/loyalty", autocommit=True) as db:
+    with psycopg.connect(stack.database_url, autocommit=True) as db:
         while committed_total(admin, settings.processor_group, settings.topic_purchases) < purchases:
             time.sleep(0.2)
         decided = time.monotonic() - started

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -73,3 +78,69 @@ def bench_env() -> Iterator[dict[str, str]]:
             }
         finally:
             stack.purge(state_dir)
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """`loyalty run` as a user starts it, on ports and a state directory of the benchmark's own."""
+
+    kafka: str
+    database_url: str
+    ledger: str
+    read: str
+    admin_key: str
+    state: Path
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def loyalty_run(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
+    """Start `loyalty run` (local Kafka and Postgres included), wait for its banner, stop it after."""
+    state = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    admin_key = f"lk-bench-{uuid.uuid4().hex}"
+    with reserved_ports(5) as (kafka, controller, pg, ledger, read):
+        env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("LOYALTY_KAFKA_BOOTSTRAP", "LOYALTY_DATABASE_URL")
+            },
+            "LOYALTY_STATE_DIR": str(state),
+            "LOYALTY_LOCAL_KAFKA_PORT": str(kafka),
+            "LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT": str(controller),
+            "LOYALTY_LOCAL_PG_PORT": str(pg),
+            "LOYALTY_LEDGER_PORT": str(ledger),
+            "LOYALTY_READ_PORT": str(read),
+            "LOYALTY_BOOTSTRAP_ADMIN_KEY": admin_key,
+            "LOYALTY_LOG_LEVEL": "WARNING",
+            **(extra or {}),
+        }
+        log = state / "run.log"
+        with open(log, "wb") as out:
+            run = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "run"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            started = time.monotonic()
+            while "ledger API:" not in log.read_text():
+                if run.poll() is not None:
+                    raise SystemExit(log.read_text()[-3000:])
+                time.sleep(0.5)
+            print(f"loyalty run ready in {time.monotonic() - started:.1f} s", flush=True)
+            yield RunningStack(
+                kafka=f"127.0.0.1:{kafka}",
+                database_url=f"postgresql://loyalty@127.0.0.1:{pg}/loyalty",
+                ledger=f"http://127.0.0.1:{ledger}",
+                read=f"http://127.0.0.1:{read}",
+                admin_key=admin_key,
+                state=state,
+                process=run,
+            )
+        finally:
+            run.send_signal(signal.SIGINT)
+            run.wait(timeout=120)
+            shutil.rmtree(state, ignore_errors=True)

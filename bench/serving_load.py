@@ -1,0 +1,237 @@
+"""Both APIs under an outside open-loop client (vegeta), through `loyalty run`, beside a bare app.
+
+Starts `loyalty run` on ports of its own, settles a history (N purchases over M members through
+the inbound topic), then sends open-loop load with vegeta, a Go client that does not compete for
+this project's GIL:
+- GET /v1/members/{id}/balance at each --read-rates, random members;
+- POST /v1/purchases at --command-rate, unique ids, each answered once decided;
+and prints per rate the achieved rate, the share answered 200 (201), the share shed (503) and
+p50/p99/max of each. The ceiling beside them is a bare app (one constant JSON route, the same
+worker count, same uvicorn) under the same client in the same run. For the commands it prints
+where the time goes: in the processor (command appended to reply appended, from the records'
+own timestamps) and the rest (HTTP, the API, the transaction's commit, the reply's delivery).
+
+    .venv/bin/python -m bench.serving_load [--read-rates 500,1000,3000] [--command-rate 200]
+        [--seconds 20] [--purchases 20000] [--members 2000]
+
+vegeta: `go install github.com/tsenart/vegeta/v12@v12.13.0` (found on PATH or in ~/go/bin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from kafka import KafkaConsumer, TopicPartition
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bench.end_to_end import measure
+from bench.stack import RunningStack, loyalty_run
+from localinfra.process import reserved_ports
+from services.ledger.settings import LedgerSettings
+from services.serving import ServingSettings
+
+BARE_BODY = json.dumps({"member_id": "m-0000001", "available": 1200, "pending": 0}).encode()
+
+
+def bare_app() -> Starlette:
+    """The yardstick: what uvicorn with these workers serves when the app does nothing."""
+
+    async def constant(_: Request) -> Response:
+        return Response(BARE_BODY, media_type="application/json")
+
+    return Starlette(routes=[Route("/bare", constant)])
+
+
+def vegeta() -> str:
+    found = shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta")
+    if not Path(found).exists():
+        raise SystemExit("vegeta not found: go install github.com/tsenart/vegeta/v12@v12.13.0")
+    return found
+
+
+def attack(targets: list[dict[str, object]], rate: int, seconds: float) -> list[dict[str, object]]:
+    """Each result (code, latency in ns) of an open-loop attack over the targets, in turn."""
+    with tempfile.TemporaryDirectory() as work:
+        target_file = Path(work) / "targets.jsonl"
+        target_file.write_text("\n".join(json.dumps(target) for target in targets) + "\n")
+        results = subprocess.run(
+            [
+                vegeta(),
+                "attack",
+                "-format=json",
+                f"-targets={target_file}",
+                f"-rate={rate}",
+                f"-duration={seconds}s",
+                "-timeout=10s",
+                "-max-workers=2000",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
+        encoded = subprocess.run(
+            [vegeta(), "encode", "-to=json"], input=results, capture_output=True, check=True
+        ).stdout
+    return [json.loads(line) for line in encoded.splitlines() if line.strip()]
+
+
+def report(name: str, rate: int, seconds: float, results: list[dict[str, object]]) -> None:
+    codes = Counter(int(str(result["code"])) for result in results)
+    total = len(results) or 1
+    print(f"{name} at {rate}/s for {seconds:g} s: {len(results)} sent, codes {dict(sorted(codes.items()))}")
+    for label, wanted in (("served", {200, 201}), ("shed 503", {503})):
+        latencies = sorted(
+            int(str(result["latency"])) / 1e6 for result in results if int(str(result["code"])) in wanted
+        )
+        if latencies:
+            print(
+                f"  {label:9} {len(latencies) / total:7.2%}  p50 {pct(latencies, 0.5):7.1f}  "
+                f"p99 {pct(latencies, 0.99):7.1f}  max {latencies[-1]:7.1f} ms"
+            )
+    other = total - sum(codes[code] for code in (200, 201, 503))
+    if other:
+        print(f"  other    {other / total:7.2%}  (errors, timeouts or other statuses)")
+
+
+def pct(sorted_values: list[float], share: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
+
+
+def ceiling(seconds: float) -> None:
+    """The bare app at a rate past what it can serve: its achieved rate is the machine's ceiling."""
+    workers = ServingSettings().api_workers
+    with reserved_ports(1) as (port,), open(os.devnull, "wb") as quiet:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.serving_load:bare_app",
+                "--factory",
+                f"--port={port}",
+                f"--workers={workers}",
+                "--no-access-log",
+            ],
+            stdout=quiet,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/bare").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the bare app did not start")
+            time.sleep(0.2)
+        results = attack([{"method": "GET", "url": f"{base}/bare"}], 5000, seconds)
+        served = sum(1 for result in results if result["code"] == 200)
+        print(f"bare app ({workers} workers), same client, same run: {served / seconds:,.0f} served/s")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -> None:
+    rng = random.Random(7)
+    auth = {"Authorization": [f"Bearer {stack.admin_key}"]}
+    urls = [f"{stack.read}/v1/members/m-{rng.randrange(members)}/balance" for _ in range(20_000)]
+    targets: list[dict[str, object]] = [{"method": "GET", "url": url, "header": auth} for url in urls]
+    for rate in rates:
+        report("GET /v1/members/{id}/balance", rate, seconds, attack(targets, rate, seconds))
+        time.sleep(2)
+
+
+def commands(stack: RunningStack, members: int, rate: int, seconds: float) -> None:
+    auth = {"Authorization": [f"Bearer {stack.admin_key}"], "Content-Type": ["application/json"]}
+    run = uuid.uuid4().hex[:6]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    targets: list[dict[str, object]] = []
+    for index in range(int(rate * seconds) + rate):
+        body = {
+            "type": "purchase",
+            "purchase_id": f"load-{run}-{index}",
+            "member_id": f"m-{index % members}",
+            "amount": "88.00",
+            "currency": "CNY",
+            "occurred_at": now,
+        }
+        targets.append(
+            {
+                "method": "POST",
+                "url": f"{stack.ledger}/v1/purchases",
+                "header": auth,
+                "body": base64.b64encode(json.dumps(body).encode()).decode(),
+            }
+        )
+    report("POST /v1/purchases", rate, seconds, attack(targets, rate, seconds))
+    in_processor(stack)
+
+
+def in_processor(stack: RunningStack) -> None:
+    """Command record appended to reply record appended, per command of the API, from their timestamps."""
+    settings = LedgerSettings(kafka_bootstrap=stack.kafka)
+    appended = _timestamps(stack.kafka, settings.topic_commands)
+    replied = _timestamps(stack.kafka, settings.topic_replies)
+    spans = sorted(replied[c] - appended[c] for c in appended.keys() & replied.keys())
+    if spans:
+        print(
+            f"  in the processor (command appended -> reply appended): p50 {pct(spans, 0.5):.0f}  "
+            f"p99 {pct(spans, 0.99):.0f}  max {spans[-1]:.0f} ms, over {len(spans)} commands"
+        )
+
+
+def _timestamps(bootstrap: str, topic: str) -> dict[str, float]:
+    reader = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or set())]
+    reader.assign(tps)
+    reader.seek_to_beginning(*tps)
+    ends = reader.end_offsets(tps)
+    found: dict[str, float] = {}
+    while any(reader.position(tp) < end for tp, end in ends.items()):
+        for records in reader.poll(timeout_ms=1000).values():
+            for record in records:
+                found[json.loads(record.value)["command_id"]] = float(record.timestamp)
+    reader.close()
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--read-rates", default="500,1000,3000")
+    parser.add_argument("--command-rate", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--purchases", type=int, default=20_000)
+    parser.add_argument("--members", type=int, default=2_000)
+    args = parser.parse_args()
+    vegeta()
+    with loyalty_run() as stack:
+        measure(args.purchases, args.members, stack)
+        ceiling(min(args.seconds, 10))
+        reads(stack, args.members, [int(rate) for rate in args.read_rates.split(",")], args.seconds)
+        commands(stack, args.members, args.command_rate, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
