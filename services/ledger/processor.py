@@ -75,6 +75,10 @@ RECORD_ERRORS = (
 )
 
 
+# The fewest records a poll asks for, however slow the last batch was.
+MIN_BATCH = 100
+
+
 class _Unprocessable(Exception):
     """An input record that cannot be decided or written: set aside when it is read again."""
 
@@ -152,6 +156,8 @@ class Processor:
         self._sent: list[tuple[FutureRecordMetadata, tuple[str, int, int] | None]] = []
         self._current: tuple[str, int, int] | None = None
         self._unprocessable: dict[tuple[str, int, int], tuple[str, str]] = {}
+        # Records a poll asks for: about what is decided within processor_batch_time_ms.
+        self._fits = min(settings.processor_batch_max, MIN_BATCH)
         # Members a tick that spans transactions has reached so far, by the tick's record.
         self._ticked: dict[tuple[str, int, int], set[str]] = {}
 
@@ -241,9 +247,7 @@ class Processor:
             for partition, offsets in self._restore.step(budget_s=0.5).items():
                 self._resume(partition, offsets)
         waiting = self._restore.pending
-        batch = self._consumer.poll(
-            timeout_ms=0 if waiting else 200, max_records=self._settings.processor_batch_max
-        )
+        batch = self._consumer.poll(timeout_ms=0 if waiting else 200, max_records=self._fits)
         if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
 
@@ -272,12 +276,7 @@ class Processor:
                 self._fence({partition_for(PROGRAM_STREAM, self.partitions)}, consumed)
             announced = self._announce()
             self._fence(announced, consumed)
-            rewind = {}
-            for tp, partition_records in records.items():
-                for record in partition_records:
-                    if not self._handle(record, batch):
-                        consumed[tp] = rewind[tp] = OffsetAndMetadata(record.offset, "", -1)
-                        break
+            rewind, handled = self._handle_all(records, batch, consumed)
             state = self._state_changes(batch, consumed)
             written = {
                 partition: [
@@ -318,7 +317,7 @@ class Processor:
         log.debug(
             "batch committed",
             extra={
-                "records": sum(len(rs) for rs in records.values()),
+                "records": handled,
                 "members": len(batch.changed),
                 "decide_ms": round((decided - started) * 1000, 2),
                 "offsets_ms": round((offsets_sent - decided) * 1000, 2),
@@ -399,6 +398,34 @@ class Processor:
         )
         decided = decide(account, command, self._rules)  # a LedgerError here is a configuration error
         self._append(batch, partition, account, command, decided, now)
+
+    def _handle_all(
+        self,
+        records: dict[TopicPartition, list[ConsumerRecord]],
+        batch: _Batch,
+        consumed: dict[TopicPartition, OffsetAndMetadata],
+    ) -> tuple[dict[TopicPartition, OffsetAndMetadata], int]:
+        """Decide the batch's records, API commands first: where to read again, and how many.
+
+        A batch stops taking records after `processor_batch_time_ms`: the transaction, and with
+        it every command waiting for its answer, stays short even while a backlog is read.
+        """
+        budget_s = self._settings.processor_batch_time_ms / 1000
+        started = time.perf_counter()
+        rewind: dict[TopicPartition, OffsetAndMetadata] = {}
+        handled = 0
+        for tp, partition_records in sorted(
+            records.items(), key=lambda item: item[0].topic != self._settings.topic_commands
+        ):
+            for record in partition_records:
+                if (handled and time.perf_counter() - started > budget_s) or not self._handle(record, batch):
+                    consumed[tp] = rewind[tp] = OffsetAndMetadata(record.offset, "", -1)
+                    break
+                handled += 1
+        # Poll about what fits in the time next time: records read again are fetched again.
+        rate = handled / max(time.perf_counter() - started, 1e-3)
+        self._fits = min(self._settings.processor_batch_max, max(MIN_BATCH, int(rate * budget_s)))
+        return rewind, handled
 
     def _handle(self, record: ConsumerRecord, batch: _Batch) -> bool:
         """Decide one input record; False when a tick reached only some of its members (read it again).

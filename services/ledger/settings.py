@@ -24,6 +24,9 @@ class LedgerSettings(KafkaSettings, AccessSettings, ServingSettings):
     # (a member's state is written once per batch): 5,000 was ~25% faster than 2,000, 10,000 no
     # faster (bench.processor_throughput). At a trickle a batch is whatever has arrived.
     processor_batch_max: int = Field(default=5000, ge=1)
+    # A batch also stops taking records after this long, so that a backlog does not keep the
+    # commands that arrive meanwhile (in any partition) waiting for a long transaction.
+    processor_batch_time_ms: int = Field(default=300, ge=1)
     transaction_timeout_ms: int = Field(default=15_000, ge=1000)
     # How soon the group notices a dead instance and hands its partitions to another.
     processor_session_timeout_ms: int = Field(default=10_000, ge=6000)

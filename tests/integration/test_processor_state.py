@@ -198,3 +198,37 @@ def test_a_paused_processor_that_wakes_after_losing_its_partitions_forks_nothing
     ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
     assert len(ids) == len(set(ids)) == 12_000
     assert_chains_intact(member_events)
+
+
+def test_a_backlog_is_read_in_short_transactions_and_api_commands_go_first(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    """With a batch time of 50 ms, 6,000 backlogged purchases go through in many small
+    transactions, not in ones of 5,000 (the most a poll may bring); a command sent through the API
+    meanwhile is decided while the backlog is still being read."""
+    env = {
+        **isolated.env,
+        "LOYALTY_STATE_DIR": str(tmp_path / "state"),
+        "LOYALTY_PROCESSOR_BATCH_TIME_MS": "50",
+        "LOYALTY_LOG_LEVEL": "DEBUG",
+    }
+    publish_purchases(isolated, 6_000, members=300, prefix="load")
+    log = tmp_path / "processor.log"
+    processor = spawn("processor", env, log)
+    try:
+        with TestClient(create_app(isolated.ledger()), headers=isolated.headers) as ledger:
+            eventually(lambda: recorded(isolated) >= 500, timeout_s=90, what="the backlog under way")
+            response = ledger.post("/v1/purchases", json=purchase("m-api", "api-1", "30.00"))
+            assert response.status_code == 201, response.text
+            assert recorded(isolated) < 6_000, "decided while the backlog was still being read"
+        eventually(lambda: recorded(isolated) >= 6_001, timeout_s=120, what="every purchase")
+    finally:
+        processor.terminate()
+        processor.wait(timeout=30)
+    sizes = [entry["records"] for entry in log_lines(log, "batch committed") if entry["records"]]
+    assert sum(sizes) >= 6_001
+    assert max(sizes) < 2_000, f"transactions stay short: {max(sizes)} records in one"
+    member_events = [e for e in all_events(isolated) if not e["member_id"].startswith("$")]
+    ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
+    assert len(ids) == len(set(ids)) == 6_001
+    assert_chains_intact(member_events)
