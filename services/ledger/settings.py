@@ -25,8 +25,9 @@ class LedgerSettings(KafkaSettings, AccessSettings, ServingSettings):
     # faster (bench.processor_throughput). At a trickle a batch is whatever has arrived.
     processor_batch_max: int = Field(default=5000, ge=1)
     # A batch also stops taking records after this long, so that a backlog does not keep the
-    # commands that arrive meanwhile (in any partition) waiting for a long transaction.
-    processor_batch_time_ms: int = Field(default=300, ge=1)
+    # commands that arrive meanwhile (in any partition) waiting for a long transaction. Shorter
+    # costs throughput under a backlog: 300 ms moved a third fewer purchases/s than unbounded.
+    processor_batch_time_ms: int = Field(default=1000, ge=1)
     transaction_timeout_ms: int = Field(default=15_000, ge=1000)
     # How soon the group notices a dead instance and hands its partitions to another.
     processor_session_timeout_ms: int = Field(default=10_000, ge=6000)
