@@ -25,6 +25,7 @@ from services.ledger.domain.errors import (
     DuplicatePurchase,
     InsufficientPoints,
     PurchaseInFuture,
+    RefundInFuture,
     RefundWindowClosed,
 )
 from services.projector.fold import Decoded, fold
@@ -183,6 +184,16 @@ def test_points_past_their_expiry_cannot_be_spent_before_the_tick() -> None:
     (redeemed,) = of_type(events, PointsRedeemed)
     assert [item.expires_at for item in redeemed.from_lots] == [at(2027, 6, 1)]
     assert (account.available, account.expired) == (0, 100)
+
+
+def test_a_refund_dated_past_the_tolerance_after_it_arrived_is_refused_and_expires_nothing() -> None:
+    account = given(purchase("ord-1", 100000), purchase("ord-2", 10000, at(2026, 6, 1)))
+    ahead = refund("rf-1", "ord-2", 5000, at(2027, 2, 1), received=at(2026, 6, 2))
+    with pytest.raises(RefundInFuture):
+        decide(account, ahead, RULES)
+    within = refund("rf-1", "ord-2", 5000, at(2026, 6, 3), received=at(2026, 6, 2))
+    account, _, _ = apply(account, within)
+    assert (account.available, account.expired) == (1050, 0)
 
 
 # 100 points earned, spent, then taken back by a full refund: a debt of 100.

@@ -58,6 +58,7 @@ from services.ledger.domain.errors import (
     PurchaseInFuture,
     PurchaseTooOld,
     RefundExceedsPurchase,
+    RefundInFuture,
     RefundWindowClosed,
     RulesChangedWithoutNewVersion,
     UnknownMember,
@@ -213,6 +214,13 @@ def _refund(command: RefundPurchase, account: Account, rules: ProgramRules) -> l
         )
     if command.amount_minor <= 0:
         raise InvalidAmount("a refund amount must be positive")
+    latest = command.received_at + timedelta(hours=rules.future_tolerance_hours)
+    if command.occurred_at > latest:
+        # Its date is when lapsed lots expire: one dated ahead would expire other points early.
+        raise RefundInFuture(
+            f"the refund is dated {command.occurred_at.isoformat()}, after {latest.isoformat()}: "
+            f"more than {rules.future_tolerance_hours} hours after it arrived"
+        )
     closed = add_days(purchase.occurred_at, rules.refund_window_days)
     if command.occurred_at > closed:
         raise RefundWindowClosed(
