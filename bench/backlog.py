@@ -130,6 +130,7 @@ class _Generator:
                 left = purchase.amount_minor - purchase.refunded_minor
                 return RefundPurchase(
                     **self._ids("refund", account, now),
+                    received_at=now,
                     refund_id=f"rf-{self.commands}",
                     purchase_id=purchase_id,
                     amount_minor=left if self.rng.random() < 0.6 else max(1, left // 2),

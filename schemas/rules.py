@@ -72,7 +72,7 @@ class ProgramRules(_Strict):
     pending_days: int = Field(default=0, ge=0, le=365)
     refund_window_days: int = Field(default=365, ge=1, le=3650, description="refunds accepted this long")
     future_tolerance_hours: int = Field(
-        default=24, ge=0, le=8760, description="how far after it arrives a purchase may be dated"
+        default=24, ge=0, le=8760, description="how far after it arrives a purchase or a refund may be dated"
     )
     redemption_value_minor_per_point: int = Field(default=10, ge=0, description="100 points = 10 CNY")
     active_days: int = Field(default=30, ge=1)

@@ -60,6 +60,7 @@ REJECTION_STATUS = {
     errors.InvalidAmount.code: 422,
     errors.PurchaseTooOld.code: 422,
     errors.PurchaseInFuture.code: 422,
+    errors.RefundInFuture.code: 422,
     errors.DuplicatePurchase.code: 409,
     errors.RefundWindowClosed.code: 409,
     errors.MemberExists.code: 409,
@@ -216,7 +217,8 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         body: RefundMessage, request: Request, response: Response, idempotency_key: IdempotencyKey = None
     ) -> CommandOutcome:
         """Refund part or all of a purchase: the points its items earned are reversed (in proportion
-        to the amount when it names none); 409 refund_window_closed past the refund window."""
+        to the amount when it names none); 409 refund_window_closed past the refund window; 422
+        refund_in_future for a date past the rules' tolerance."""
         return await submit(request, response, body, body.member_id, idempotency_key)
 
     @app.post("/v1/redemptions", status_code=201, response_model=CommandOutcome, dependencies=[commands])

@@ -223,7 +223,8 @@ def to_command(
     body: BaseModel, command_id: str, correlation_id: str, issued_at: datetime, received_at: datetime
 ) -> Command:
     """The domain command of a message. `issued_at` is the time of the commands the API sends;
-    `received_at` (when the record reached the log) is what a purchase's own date is judged against."""
+    `received_at` (when the record reached the log) is what a purchase's or a refund's own date is
+    judged against."""
     ids: dict[str, Any] = {"command_id": command_id, "correlation_id": correlation_id}
     match body:
         case PurchaseMessage():
@@ -244,6 +245,7 @@ def to_command(
                 **ids,
                 member_id=body.member_id,
                 occurred_at=body.occurred_at.astimezone(UTC),
+                received_at=received_at.astimezone(UTC),
                 refund_id=body.refund_id,
                 purchase_id=body.purchase_id,
                 amount_minor=to_minor(body.amount),

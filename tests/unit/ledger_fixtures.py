@@ -78,9 +78,12 @@ def refund(
     when: datetime = T0,
     command_id: str | None = None,
     items: Iterable[PurchaseItem] = (),
+    received: datetime | None = None,
 ) -> RefundPurchase:
+    """A refund that arrives when it is made, unless `received` says otherwise."""
     return RefundPurchase(
         **_ids(command_id or f"refund:{refund_id}", when),
+        received_at=received or when,
         refund_id=refund_id,
         purchase_id=purchase_id,
         amount_minor=amount_minor,

@@ -25,6 +25,7 @@ from services.ledger.domain.errors import (
     DuplicatePurchase,
     InsufficientPoints,
     PurchaseInFuture,
+    RefundInFuture,
     RefundWindowClosed,
 )
 from services.projector.fold import Decoded, fold
@@ -183,6 +184,50 @@ def test_points_past_their_expiry_cannot_be_spent_before_the_tick() -> None:
     (redeemed,) = of_type(events, PointsRedeemed)
     assert [item.expires_at for item in redeemed.from_lots] == [at(2027, 6, 1)]
     assert (account.available, account.expired) == (0, 100)
+
+
+def test_a_refund_dated_past_the_tolerance_after_it_arrived_is_refused_and_expires_nothing() -> None:
+    account = given(purchase("ord-1", 100000), purchase("ord-2", 10000, at(2026, 6, 1)))
+    ahead = refund("rf-1", "ord-2", 5000, at(2027, 2, 1), received=at(2026, 6, 2))
+    with pytest.raises(RefundInFuture):
+        decide(account, ahead, RULES)
+    within = refund("rf-1", "ord-2", 5000, at(2026, 6, 3), received=at(2026, 6, 2))
+    account, _, _ = apply(account, within)
+    assert (account.available, account.expired) == (1050, 0)
+
+
+# 100 points earned, spent, then taken back by a full refund: a debt of 100.
+IN_DEBT = (
+    purchase("ord-1", 10000),
+    redeem("x-1", 100, at(2025, 1, 16)),
+    refund("rf-1", "ord-1", 10000, at(2025, 1, 17)),
+)
+
+
+def test_a_late_purchase_past_its_expiry_on_arrival_repays_no_debt() -> None:
+    rules = ProgramRules(expiry_months=3)
+    account = given(*IN_DEBT, rules=rules)
+    assert account.debt == 100
+    late = purchase("ord-2", 5000, at(2024, 9, 1), received=at(2025, 2, 10))
+    account, events, _ = apply(account, late, rules)
+    assert of_type(events, PointsEarned)[0].debt_repaid == 0
+    account, _, _ = apply(account, tick(at(2025, 2, 11)), rules)
+    assert (account.available, account.expired, account.debt) == (-100, 50, 100)
+
+
+def test_points_maturing_after_their_expiry_repay_no_debt() -> None:
+    rules = ProgramRules(pending_days=14, expiry_months=1)
+    account = given(
+        purchase("ord-1", 10000),
+        tick(at(2025, 1, 30)),
+        *IN_DEBT[1:],
+        purchase("ord-2", 5000, at(2025, 1, 31)),
+        rules=rules,
+    )
+    assert (account.debt, account.pending_points) == (100, 50)
+    account, events, _ = apply(account, tick(at(2025, 3, 10)), rules)  # the ticks in between were missed
+    assert of_type(events, PointsMatured)[0].debt_repaid == 0
+    assert (account.available, account.expired, account.debt) == (-100, 50, 100)
 
 
 BEAUTY_X2 = ProgramRules(category_bonuses=(CategoryBonus(category="beauty", multiplier="2"),))

@@ -33,6 +33,9 @@ class RecordPurchase(Command):
 
 @dataclass(frozen=True, kw_only=True)
 class RefundPurchase(Command):
+    """`received_at`: when its record reached the ledger's log; a refund's own date is judged against it."""
+
+    received_at: datetime
     refund_id: str
     purchase_id: str
     amount_minor: int

@@ -58,6 +58,7 @@ from services.ledger.domain.errors import (
     PurchaseInFuture,
     PurchaseTooOld,
     RefundExceedsPurchase,
+    RefundInFuture,
     RefundWindowClosed,
     RulesChangedWithoutNewVersion,
     UnknownMember,
@@ -145,15 +146,19 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
     points, rule = points_for(command, rules.tiers[tier_index], rules)
     if points > 0:
         pending = rules.pending_days > 0
+        expires_at = add_months(command.occurred_at, rules.expiry_months)
+        # Points of a late purchase whose lot is already past its expiry cannot be spent, and
+        # repaying a debt is spending them: they wait for their expiry like any lapsed lot.
+        spendable = not pending and expires_at > command.received_at
         events.append(
             PointsEarned(
                 purchase_id=command.purchase_id,
                 # Every earning is its own lot, named after the event that opens it.
                 lot_id=f"purchase:{command.purchase_id}@{account.sequence + len(events) + 1}",
                 points=points,
-                expires_at=add_months(command.occurred_at, rules.expiry_months),
+                expires_at=expires_at,
                 matures_at=add_days(command.occurred_at, rules.pending_days) if pending else None,
-                debt_repaid=0 if pending else min(account.debt, points),
+                debt_repaid=min(account.debt, points) if spendable else 0,
                 rule=rule,
             )
         )
@@ -209,6 +214,13 @@ def _refund(command: RefundPurchase, account: Account, rules: ProgramRules) -> l
         )
     if command.amount_minor <= 0:
         raise InvalidAmount("a refund amount must be positive")
+    latest = command.received_at + timedelta(hours=rules.future_tolerance_hours)
+    if command.occurred_at > latest:
+        # Its date is when lapsed lots expire: one dated ahead would expire other points early.
+        raise RefundInFuture(
+            f"the refund is dated {command.occurred_at.isoformat()}, after {latest.isoformat()}: "
+            f"more than {rules.future_tolerance_hours} hours after it arrived"
+        )
     closed = add_days(purchase.occurred_at, rules.refund_window_days)
     if command.occurred_at > closed:
         raise RefundWindowClosed(
@@ -394,7 +406,8 @@ def _advance_clock(command: AdvanceClock, account: Account, rules: ProgramRules)
     matured: list[LotPoints] = []
     for lot in sorted(account.pending, key=lambda lot: (lot.matures_at, lot.lot_id)):
         if lot.matures_at <= now:
-            repaid = min(debt, lot.points)
+            # A lot that matures past its expiry (ticks were missed) expires without repaying.
+            repaid = min(debt, lot.points) if lot.expires_at > now else 0
             debt -= repaid
             events.append(PointsMatured(lot_id=lot.lot_id, points=lot.points, debt_repaid=repaid))
             matured.append(

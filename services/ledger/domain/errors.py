@@ -65,5 +65,11 @@ class PurchaseInFuture(LedgerError):
     code = "purchase_in_future"
 
 
+class RefundInFuture(LedgerError):
+    """A refund dated past the tolerance after it arrived: its date would expire other lots early."""
+
+    code = "refund_in_future"
+
+
 class RefundWindowClosed(LedgerError):
     code = "refund_window_closed"
