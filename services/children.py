@@ -26,14 +26,25 @@ PR_SET_PDEATHSIG = 1
 class Component:
     """One child process, started again under the restart policy whenever it exits."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], policy: RestartPolicy) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        policy: RestartPolicy,
+        reachable: Callable[[], bool],
+    ) -> None:
         self.name = name
         self._argv, self._env = argv, env
         self.restarts = Restarts(policy)
+        # Whether what the child needs (Kafka, Postgres) accepts connections: a restart waits for
+        # it, since a child started into an outage only exits again and nears the crash-loop limit.
+        self._reachable = reachable
         self.process: subprocess.Popen[bytes] | None = None
         self.given_up = False
         self._started_at = 0.0
         self._restart_at: float | None = None
+        self._deferred = False
 
     @property
     def up(self) -> bool:
@@ -66,7 +77,15 @@ class Component:
                 self._restart_at = now + delay
                 log.warning("component exited; restarting", extra={**facts, "restart_in_s": delay})
         if self._restart_at is not None and now >= self._restart_at:
-            self._restart_at = None
+            if not self._reachable():
+                if not self._deferred:
+                    log.warning(
+                        "restart deferred until Kafka and Postgres accept connections",
+                        extra={"component": self.name},
+                    )
+                    self._deferred = True
+                return
+            self._restart_at, self._deferred = None, False
             self.start(now)
             self.restarts.count += 1
             log.info("component restarted", extra={"component": self.name, "restarts": self.restarts.count})

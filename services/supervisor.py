@@ -19,12 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from localinfra.kafka import KafkaNode
 from localinfra.postgres import PostgresNode
-from localinfra.process import InfraError
+from localinfra.process import InfraError, port_open
 from localinfra.stack import LocalStack
 from services.children import Component, ComponentMetrics
 from services.cli import COMPONENTS
@@ -106,9 +107,9 @@ def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: 
             _stop_infra(started_here)
             return 1
 
-    policy = settings.policy()
+    policy, reachable = settings.policy(), _reachable(env)
     components = [
-        Component(name, [*prepare, component], child_env, policy)
+        Component(name, [*prepare, component], child_env, policy, reachable)
         for name, component, child_env in _instances(env)
     ]
     registry.register(ComponentMetrics(components))
@@ -141,6 +142,24 @@ def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: 
         return 1
     print("stopped", flush=True)
     return 0
+
+
+def _reachable(env: dict[str, str]) -> Callable[[], bool]:
+    """Whether a Kafka bootstrap server and Postgres accept TCP connections (a socket path: assumed)."""
+    kafka = [
+        (host, int(port)) if host else (port, 9092)
+        for host, _, port in (
+            address.strip().rpartition(":") for address in env["LOYALTY_KAFKA_BOOTSTRAP"].split(",")
+        )
+    ]
+    database = conninfo_to_dict(env["LOYALTY_DATABASE_URL"])
+    host, port = str(database.get("host") or "127.0.0.1"), int(database.get("port") or 5432)
+
+    def check() -> bool:
+        kafka_up = any(port_open(kafka_port, kafka_host) for kafka_host, kafka_port in kafka)
+        return kafka_up and (host.startswith("/") or port_open(port, host))
+
+    return check
 
 
 def _announce_when_ready(bases: list[str], banner: list[str], stop: threading.Event) -> None:
