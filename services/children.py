@@ -152,3 +152,14 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return bind
+
+
+def end_with_parent() -> None:
+    """End this process when its parent does, however that ends (Linux only).
+
+    For the processes that a child of `loyalty run` starts itself (uvicorn's workers of an API),
+    which the death signal of `_dies_with` does not reach: without this, a killed API leaves its
+    workers serving its port as orphans.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
