@@ -40,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
 from services import collector
-from services.kafka_compat import keep_rejoin_requested
+from services.kafka_compat import close_producer, keep_rejoin_requested
 from services.ledger.command_messages import (
     CommandReply,
     InvalidRecord,
@@ -199,7 +199,7 @@ class Processor:
         finally:
             self._restore.close()
             self._consumer.close()
-            self._producer.close(timeout=5)
+            close_producer(self._producer, timeout_s=5)
             self.store.close(self.store.owned() | self.store.parked())
             if self._instance_lock is not None:
                 self._instance_lock.close()
@@ -394,7 +394,7 @@ class Processor:
         again with backoff until it can start transactions, or the processor is stopped.
         """
         for attempt in itertools.count():
-            self._producer.close(timeout=1)  # closing twice is harmless
+            close_producer(self._producer, timeout_s=1)  # closing twice is harmless
             try:
                 self._producer = self._new_producer()
                 self._producer.init_transactions()

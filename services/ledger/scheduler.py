@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from services.kafka_compat import close_producer
 from services.ledger.command_messages import CommandMessage, TickBody
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
@@ -70,5 +71,5 @@ class Scheduler:
                 failures = 0
                 stop.wait(interval_s)
         finally:
-            self._producer.close(timeout=5)
+            close_producer(self._producer, timeout_s=5)
             log.info("scheduler stopped")
