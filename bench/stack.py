@@ -98,7 +98,7 @@ def loyalty_run(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
     """Start `loyalty run` (local Kafka and Postgres included), wait for its banner, stop it after."""
     state = Path(tempfile.mkdtemp(prefix="bench-run-"))
     admin_key = f"lk-bench-{uuid.uuid4().hex}"
-    with reserved_ports(5) as (kafka, controller, pg, ledger, read):
+    with reserved_ports(6) as (kafka, controller, pg, ledger, read, supervisor):
         env = {
             **{
                 k: v
@@ -111,6 +111,7 @@ def loyalty_run(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
             "LOYALTY_LOCAL_PG_PORT": str(pg),
             "LOYALTY_LEDGER_PORT": str(ledger),
             "LOYALTY_READ_PORT": str(read),
+            "LOYALTY_SUPERVISOR_PORT": str(supervisor),
             "LOYALTY_BOOTSTRAP_ADMIN_KEY": admin_key,
             "LOYALTY_LOG_LEVEL": "WARNING",
             **(extra or {}),

@@ -1,4 +1,6 @@
-"""A fix for kafka-python 3.0.12's group membership, installed by every group consumer we run.
+"""Fixes for kafka-python 3.0.12: its group membership, and closing a producer the broker cannot reach.
+
+Group membership (installed by every group consumer we run):
 
 A metadata change after an assignment (routinely: the first join happens before the
 coordinator's metadata snapshot has the subscribed topic) makes `ConsumerCoordinator.need_rejoin()`
@@ -13,7 +15,9 @@ the flag stays set until the join completes.
 
 from __future__ import annotations
 
+from kafka import KafkaProducer
 from kafka.coordinator.consumer import ConsumerCoordinator
+from kafka.errors import KafkaTimeoutError
 
 _need_rejoin = ConsumerCoordinator.need_rejoin
 
@@ -29,3 +33,20 @@ def keep_rejoin_requested() -> None:
     """Install the fix (idempotent); called before a group consumer is created."""
     if ConsumerCoordinator.need_rejoin is not _need_rejoin_until_joined:
         ConsumerCoordinator.need_rejoin = _need_rejoin_until_joined
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close the producer, dropping within `timeout_s` what it could not send.
+
+    kafka-python 3.0.12's `KafkaProducer.close(timeout)` flushes first, and when the flush times
+    out (records pending while the broker is away) it raises KafkaTimeoutError before the forced
+    close that the Java client, and its own code after the flush, would do: the producer stays
+    open, its I/O thread retrying records no one waits for, and a caller that only meant to drop
+    it ends with the exception. This forces the close as that code does past its timeout.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaTimeoutError:
+        producer._sender.force_close()  # fails the pending records and ends the I/O thread
+        producer._sender.join(timeout_s)
+        producer.close(timeout=0)

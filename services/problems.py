@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kafka.errors import KafkaError
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,12 +32,14 @@ class Problem(Exception):
 
 
 def problem_response(problem: Problem) -> JSONResponse:
+    """The problem as a response; a 503 always says when to try again (Retry-After, 1 s unless set)."""
     body = {"type": PROBLEM_BASE + problem.code, "title": problem.title, "status": problem.status}
     if problem.detail:
         body["detail"] = problem.detail
     body.update(problem.extra)
+    headers = {"Retry-After": "1", **problem.headers} if problem.status == 503 else problem.headers
     return JSONResponse(
-        body, status_code=problem.status, media_type="application/problem+json", headers=problem.headers
+        body, status_code=problem.status, media_type="application/problem+json", headers=headers
     )
 
 
@@ -64,6 +68,13 @@ def install_problem_handlers(app: FastAPI) -> None:
         busy.headers["Retry-After"] = "1"
         return problem_response(busy)
 
+    async def on_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        """Postgres or Kafka unreachable (a restart, a failover): clients retry, the services reconnect."""
+        what = "database" if isinstance(exc, psycopg.OperationalError) else "log"
+        return problem_response(
+            Problem(503, f"{what}_unavailable", f"The {what} is unavailable", type(exc).__name__)
+        )
+
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return problem_response(Problem(500, "internal_error", "Internal error"))
@@ -72,4 +83,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(PoolTimeout, on_busy)
+    app.add_exception_handler(psycopg.OperationalError, on_unavailable)
+    app.add_exception_handler(KafkaError, on_unavailable)
     app.add_exception_handler(Exception, on_unexpected)

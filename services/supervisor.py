@@ -1,4 +1,8 @@
-"""`loyalty run`: the whole system in the foreground, stopped together on Ctrl-C or SIGTERM."""
+"""`loyalty run`: the whole system in the foreground, each component restarted when it exits.
+
+A component that exits is started again after a backoff (`services.children`); one in a crash
+loop is given up alone, and the rest keep serving. Ctrl-C or SIGTERM stops everything.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,41 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry, start_http_server
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from localinfra.kafka import KafkaNode
 from localinfra.postgres import PostgresNode
-from localinfra.process import InfraError
+from localinfra.process import InfraError, port_open
 from localinfra.stack import LocalStack
+from services.children import Component, ComponentMetrics
 from services.cli import COMPONENTS
 from services.ledger.settings import LedgerSettings
 from services.personal_data.crypto import MasterKey
+from services.restarts import RestartPolicy
+
+STOP_GRACE_S = 20.0
+
+
+class SupervisorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    # The supervisor's own /metrics (restarts, crash loops), on 127.0.0.1.
+    supervisor_port: int = 8002
+    restart_backoff_s: float = Field(default=1.0, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    restart_limit: int = Field(default=5, ge=1)
+    restart_window_s: float = Field(default=300.0, gt=0)
+
+    def policy(self) -> RestartPolicy:
+        return RestartPolicy(
+            backoff_s=self.restart_backoff_s,
+            backoff_max_s=max(self.restart_backoff_s, self.restart_backoff_max_s),
+            limit=self.restart_limit,
+            window_s=self.restart_window_s,
+        )
 
 
 def run_all() -> int:
@@ -28,6 +60,24 @@ def run_all() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
+    settings = SupervisorSettings()
+    registry = CollectorRegistry()
+    try:  # first, so that a busy port fails before anything is started
+        metrics_server, _ = start_http_server(settings.supervisor_port, addr="127.0.0.1", registry=registry)
+    except OSError as error:
+        print(
+            f"loyalty run: cannot serve /metrics on 127.0.0.1:{settings.supervisor_port} ({error}); "
+            "choose another port with LOYALTY_SUPERVISOR_PORT",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return _supervise(settings, registry, stop)
+    finally:
+        metrics_server.shutdown()
+
+
+def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: threading.Event) -> int:
     stack = LocalStack.from_env()
     started_here = [
         node for node in (stack.kafka, stack.postgres) if node is not None and "stopped" in node.status()
@@ -57,52 +107,68 @@ def run_all() -> int:
             _stop_infra(started_here)
             return 1
 
-    children = {
-        name: subprocess.Popen([*prepare, component], env=child_env, stdin=subprocess.DEVNULL)
+    policy, reachable = settings.policy(), _reachable(env)
+    components = [
+        Component(name, [*prepare, component], child_env, policy, reachable)
         for name, component, child_env in _instances(env)
-    }
+    ]
+    registry.register(ComponentMetrics(components))
+    for component in components:
+        component.start(time.monotonic())
     ledger = f"http://{env.get('LOYALTY_LEDGER_HOST', '127.0.0.1')}:{env.get('LOYALTY_LEDGER_PORT', '8000')}"
     read = f"http://{env.get('LOYALTY_READ_HOST', '127.0.0.1')}:{env.get('LOYALTY_READ_PORT', '8001')}"
     print("starting: waiting until both APIs are ready (the processor has restored its state)", flush=True)
-    failed = _wait_ready(children, [ledger, read], stop)
-    if failed is None and not stop.is_set():
-        print(f"ledger API: {ledger}  (docs: {ledger}/docs)", flush=True)
-        print(f"read API:   {read}  (docs: {read}/docs)", flush=True)
-        print("Ctrl-C stops everything.", flush=True)
+    banner = [
+        f"ledger API: {ledger}  (docs: {ledger}/docs)",
+        f"read API:   {read}  (docs: {read}/docs)",
+        f"supervisor: http://127.0.0.1:{settings.supervisor_port}/metrics (restarts, crash loops)",
+        "Ctrl-C stops everything.",
+    ]
+    threading.Thread(target=_announce_when_ready, args=([ledger, read], banner, stop), daemon=True).start()
 
-    while not stop.is_set() and failed is None:
-        failed = next((name for name, child in children.items() if child.poll() is not None), None)
-        stop.wait(0.5)
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for child in children.values():
-        try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
+    while not stop.is_set() and not all(component.given_up for component in components):
+        now = time.monotonic()
+        for component in components:
+            component.check(now)
+        stop.wait(0.2)
+    for component in components:
+        component.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for component in components:
+        component.wait(deadline)
     _stop_infra(started_here)
-    if failed is not None:
-        print(
-            f"loyalty run: {failed} exited (code {children[failed].returncode}); everything stopped",
-            file=sys.stderr,
-        )
+    if not stop.is_set():
+        print("loyalty run: every component was given up; everything stopped", file=sys.stderr)
         return 1
     print("stopped", flush=True)
     return 0
 
 
-def _wait_ready(
-    children: dict[str, subprocess.Popen[bytes]], bases: list[str], stop: threading.Event
-) -> str | None:
-    """Wait until every API's /readyz answers 200; the name of a child that exited meanwhile, if any."""
+def _reachable(env: dict[str, str]) -> Callable[[], bool]:
+    """Whether a Kafka bootstrap server and Postgres accept TCP connections (a socket path: assumed)."""
+    kafka = [
+        (host, int(port)) if host else (port, 9092)
+        for host, _, port in (
+            address.strip().rpartition(":") for address in env["LOYALTY_KAFKA_BOOTSTRAP"].split(",")
+        )
+    ]
+    database = conninfo_to_dict(env["LOYALTY_DATABASE_URL"])
+    host, port = str(database.get("host") or "127.0.0.1"), int(database.get("port") or 5432)
+
+    def check() -> bool:
+        kafka_up = any(port_open(kafka_port, kafka_host) for kafka_host, kafka_port in kafka)
+        return kafka_up and (host.startswith("/") or port_open(port, host))
+
+    return check
+
+
+def _announce_when_ready(bases: list[str], banner: list[str], stop: threading.Event) -> None:
+    """Print where to reach the system once every API's /readyz answers 200."""
     while not stop.is_set():
-        failed = next((name for name, child in children.items() if child.poll() is not None), None)
-        if failed is not None or all(_ready(base) for base in bases):
-            return failed
+        if all(_ready(base) for base in bases):
+            print("\n".join(banner), flush=True)
+            return
         stop.wait(0.5)
-    return None
 
 
 def _ready(base: str) -> bool:

@@ -23,6 +23,7 @@ from services import collector, logs
 from services.access.guard import Guard
 from services.access.keys import Principal
 from services.body_limit import install_body_limit
+from services.children import end_with_parent
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.command_messages import (
@@ -129,6 +130,7 @@ class Health(BaseModel):
 def app_from_env() -> FastAPI:
     """The app as `loyalty ledger-api` serves it, made in each worker process."""
     logs.configure()
+    end_with_parent()
     return create_app(LedgerSettings())
 
 

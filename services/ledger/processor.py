@@ -13,6 +13,7 @@ that nothing decided in it survives in memory.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
 from services import collector
-from services.kafka_compat import keep_rejoin_requested
+from services.kafka_compat import close_producer, keep_rejoin_requested
 from services.ledger.command_messages import (
     CommandReply,
     InvalidRecord,
@@ -77,6 +78,9 @@ RECORD_ERRORS = (
 
 # The fewest records a poll asks for, however slow the last batch was.
 MIN_BATCH = 100
+# Waits before a new producer is tried again while the broker is away: doubling up to the last.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
 
 
 class _Unprocessable(Exception):
@@ -160,6 +164,7 @@ class Processor:
         self._fits = min(settings.processor_batch_max, MIN_BATCH)
         # Members a tick that spans transactions has reached so far, by the tick's record.
         self._ticked: dict[tuple[str, int, int], set[str]] = {}
+        self._stop = threading.Event()  # `run`'s, so that waits for the broker end on a stop
 
     def _new_producer(self) -> KafkaProducer:
         settings = self._settings
@@ -181,6 +186,7 @@ class Processor:
         return bool(self.store.owned()) and not self._restore.pending
 
     def run(self, stop: threading.Event) -> None:
+        self._stop = stop
         try:
             self._consumer.subscribe(list(self._parsers), listener=_Rebalances(self))
             ensure_topics(self._settings)
@@ -193,7 +199,7 @@ class Processor:
         finally:
             self._restore.close()
             self._consumer.close()
-            self._producer.close(timeout=5)
+            close_producer(self._producer, timeout_s=5)
             self.store.close(self.store.owned() | self.store.parked())
             if self._instance_lock is not None:
                 self._instance_lock.close()
@@ -244,7 +250,15 @@ class Processor:
 
     def _step(self) -> None:
         if self._restore.pending:
-            for partition, offsets in self._restore.step(budget_s=0.5).items():
+            try:
+                restored = self._restore.step(budget_s=0.5)
+            except KafkaError as error:  # the broker is away: restore afresh once it is back
+                log.warning("restore interrupted; starting it again", extra={"error": str(error)})
+                self._restore.close()
+                self._restore_again()
+                self._stop.wait(1)
+                return
+            for partition, offsets in restored.items():
                 self._resume(partition, offsets)
         waiting = self._restore.pending
         batch = self._consumer.poll(timeout_ms=0 if waiting else 200, max_records=self._fits)
@@ -376,12 +390,27 @@ class Processor:
         old one is not trusted after a failure (kafka-python's transaction state does not always
         recover). The commit itself may have failed after the broker took it, so neither the
         cache nor the position is trusted either: the restore reads the changelog and the
-        committed offsets again.
+        committed offsets again. While the broker is away (a restart), the new producer is tried
+        again with backoff until it can start transactions, or the processor is stopped.
         """
-        self._producer.close(timeout=1)
-        self._producer = self._new_producer()
-        self._producer.init_transactions()
-        partitions = self.store.owned()
+        for attempt in itertools.count():
+            close_producer(self._producer, timeout_s=1)  # closing twice is harmless
+            try:
+                self._producer = self._new_producer()
+                self._producer.init_transactions()
+                break
+            except KafkaError as error:
+                delay = min(RETRY_FIRST_S * 2**attempt, RETRY_MAX_S)
+                log.warning(
+                    "transactions cannot start; retrying", extra={"error": str(error), "retry_in_s": delay}
+                )
+                if self._stop.wait(delay):
+                    return  # stopping: `run` closes what is left
+        self._restore_again()
+
+    def _restore_again(self) -> None:
+        """Forget every owned partition's state in memory and restore it from the changelog."""
+        partitions = self.store.owned() | self._restore.pending
         self.revoked(partitions)
         self.assigned(partitions)
 

@@ -28,6 +28,7 @@ from services import collector, logs
 from services.access.guard import Guard
 from services.access.keys import Principal
 from services.body_limit import install_body_limit
+from services.children import end_with_parent
 from services.http_metrics import install_http_metrics
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.domain.calendar import add_months
@@ -146,6 +147,7 @@ class _Backend:
 def app_from_env() -> FastAPI:
     """The app as `loyalty read-api` serves it, made in each worker process."""
     logs.configure()
+    end_with_parent()
     return create_app(ProjectorSettings())
 
 

@@ -17,6 +17,7 @@ import psycopg
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 
 from services import collector
 from services.kafka_compat import keep_rejoin_requested
@@ -207,10 +208,10 @@ class Projector:
         if self._unsynced:
             self._resync(stop)
             return
-        batch = self._next_batch()
-        if self._unsynced:
-            return  # a rebalance could not read the checkpoints: this was read from unknown positions
         try:
+            batch = self._next_batch()
+            if self._unsynced:
+                return  # a rebalance could not read the checkpoints: this was read from unknown positions
             if batch:
                 self.apply(batch)
             else:
@@ -220,6 +221,12 @@ class Projector:
             # the checkpoints say which, so reading resumes from them, not from the consumer.
             log.warning("postgres failed; resuming from the checkpoints", extra={"error": str(error)})
             self._unsynced = True
+        except KafkaError as error:
+            # The broker is away (a restart): what was read of the batch is dropped unapplied, and
+            # reading resumes from the checkpoints once it answers again.
+            log.warning("kafka failed; resuming from the checkpoints", extra={"error": str(error)})
+            self._unsynced = True
+            stop.wait(1)
 
     def _resync(self, stop: threading.Event) -> None:
         """Reconnect if need be, with backoff, and seek every owned partition to its checkpoint.

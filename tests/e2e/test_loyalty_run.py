@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,72 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localinfra.process import reserved_ports
 from localinfra.stack import LocalStack
-from tests.endpoints import STATE_DIR
+from tests.e2e.system import System, own_infra_env
 from tests.integration.kafka_io import publish, purchase
 from tests.waiting import eventually
 
 
 @pytest.fixture
 def run_env() -> Iterator[dict[str, str]]:
-    state = STATE_DIR.parent / f"e2e-{os.getpid()}"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("LOYALTY_")}
-    with reserved_ports(5) as (kafka, controller, postgres, ledger, read):
-        env.update(
-            LOYALTY_STATE_DIR=str(state),
-            LOYALTY_LOCAL_KAFKA_PORT=str(kafka),
-            LOYALTY_LOCAL_KAFKA_CONTROLLER_PORT=str(controller),
-            LOYALTY_LOCAL_PG_PORT=str(postgres),
-            LOYALTY_LEDGER_PORT=str(ledger),
-            LOYALTY_READ_PORT=str(read),
-            LOYALTY_PROCESSORS="2",  # two processor processes splitting the partitions
-        )
+    with own_infra_env(LOYALTY_PROCESSORS="2") as env:  # two processor processes splitting the partitions
         yield env
-        LocalStack.from_env(env, state_dir=state).purge(state)
-
-
-class System:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.ledger = f"http://127.0.0.1:{env['LOYALTY_LEDGER_PORT']}"
-        self.read = f"http://127.0.0.1:{env['LOYALTY_READ_PORT']}"
-        self.state = Path(env["LOYALTY_STATE_DIR"])
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.started = time.monotonic()
-
-    def ready(self) -> float:
-        def probe() -> bool:
-            assert self.process.poll() is None, "loyalty run exited"
-            try:
-                return all(httpx.get(f"{url}/readyz").status_code == 200 for url in (self.ledger, self.read))
-            except httpx.TransportError:
-                return False
-
-        eventually(probe, timeout_s=180, what="ready")
-        return time.monotonic() - self.started
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The admin key `loyalty run` made in its state directory."""
-        return {"Authorization": f"Bearer {(self.state / 'admin.key').read_text().strip()}"}
-
-    def balance(self, member_id: str) -> int | None:
-        response = httpx.get(f"{self.read}/v1/members/{member_id}/balance", headers=self.headers)
-        return response.json()["available"] if response.status_code == 200 else None
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=90)
-        finally:
-            self._log.close()
 
 
 def test_run_serves_purchases_and_keeps_balances_across_restarts(
