@@ -64,6 +64,7 @@ REJECTION_STATUS = {
     errors.RefundInFuture.code: 422,
     errors.DuplicatePurchase.code: 409,
     errors.RefundWindowClosed.code: 409,
+    errors.IdempotencyKeyReused.code: 422,
     errors.MemberExists.code: 409,
     errors.PersonalDataWasErased.code: 409,
     "processing_error": 500,
@@ -173,17 +174,26 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     install_http_metrics(app, "ledger-api", settings)
 
     async def submit(
-        request: Request, response: Response, body: AnyBody, member_id: str, key: str | None
+        request: Request,
+        response: Response,
+        body: AnyBody,
+        member_id: str,
+        key: str | None,
+        *,
+        digest: str | None = None,
+        own_key: str | None = None,
     ) -> CommandOutcome:
-        """Send the command and answer with the processor's decision, or 202 past the timeout."""
-        # A key names a retry of the same kind of command: ids of different kinds never meet.
-        command_id = (
-            derived_id(IDEMPOTENCY_NAMESPACE, f"{member_id}:{body.type}:{key}") if key else str(uuid.uuid4())
-        )
+        """Send the command and answer with the processor's decision, or 202 past the timeout.
+
+        `key` is the caller's Idempotency-Key, `digest` what tells its request from another (by
+        default a digest of the body); `own_key` is a key the API made from the request itself.
+        """
+        message = _message(member_id, body, key, digest, own_key)
+        command_id = message.command_id
         replies: ReplyTracker = request.app.state.replies
         reply = replies.get(command_id)
         if reply is None:
-            await _send(request, settings, command_id, member_id, body)
+            await _send(request, settings, member_id, message)
             release_turn(request.scope)  # waiting for the processor is no work of this worker's
             reply = await replies.wait(command_id, settings.command_timeout_s)
             if reply is None:
@@ -297,16 +307,16 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         """
         key_id, data_key = await member_key(body.member_id)
         fields = fields_of(body.profile)
-        # The same profile gives the same command: a digest keyed by the member's data key, so the
-        # id reveals nothing, and erasing the key leaves nothing to test a guess against.
-        same = hmac.new(data_key, json.dumps(sorted(fields.items())).encode(), hashlib.sha256).hexdigest()
+        # The same profile gives the same command.
+        same = _profile_digest(data_key, fields)
         sealed = profiles.seal(key_id, data_key, body.member_id, fields)
         return await submit(
             request,
             response,
             EnrolBody(member_id=body.member_id, profile=sealed),
             body.member_id,
-            f"enrol:{same}",
+            None,
+            own_key=f"enrol:{same}",
         )
 
     @app.patch("/v1/members/{member_id}/profile", status_code=201, response_model=CommandOutcome)
@@ -320,9 +330,16 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     ) -> CommandOutcome:
         """Change profile fields; only the changed fields are sealed into the log."""
         key_id, data_key = await member_key(member_id)
-        sealed = profiles.seal(key_id, data_key, member_id, fields_of(body))
+        fields = fields_of(body)
+        sealed = profiles.seal(key_id, data_key, member_id, fields)
         return await submit(
-            request, response, ProfileBody(member_id=member_id, profile=sealed), member_id, idempotency_key
+            request,
+            response,
+            ProfileBody(member_id=member_id, profile=sealed),
+            member_id,
+            idempotency_key,
+            # The sealed profile differs at every attempt: a retry is known by its clear fields.
+            digest=_profile_digest(data_key, fields),
         )
 
     @app.delete("/v1/members/{member_id}/personal-data", status_code=201, response_model=CommandOutcome)
@@ -338,7 +355,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             erase_id = await keystore.erase(conn, member_id)
         body = EraseBody(member_id=member_id, actor=caller.key_id)
         try:
-            return await submit(request, response, body, member_id, erase_id)
+            return await submit(request, response, body, member_id, None, own_key=erase_id)
         except Problem as problem:
             if problem.code == errors.UnknownMember.code:  # nothing was erased: no mark is kept
                 async with guard.pool.connection() as conn:
@@ -382,13 +399,40 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     return app
 
 
-async def _send(
-    request: Request, settings: LedgerSettings, command_id: str, member_id: str, body: AnyBody
-) -> None:
+def _message(
+    member_id: str, body: AnyBody, key: str | None, digest: str | None, own_key: str | None
+) -> CommandMessage:
+    """The command, with ids that make a retry the same command.
+
+    A key names a retry of the same kind of command: ids of different kinds never meet. A caller's
+    key is the correlation id of every attempt under it, and the command id also names the
+    request, so that the processor tells a retry (the same command id) from the key reused for
+    another request (another command id under the same correlation id), in every API process.
+    """
+    now = datetime.now(UTC)
+    if own_key is not None:
+        command_id = derived_id(IDEMPOTENCY_NAMESPACE, f"{member_id}:{body.type}:{own_key}")
+        return CommandMessage(command_id=command_id, correlation_id=command_id, issued_at=now, body=body)
+    if key is None:
+        command_id = str(uuid.uuid4())
+        return CommandMessage(command_id=command_id, correlation_id=command_id, issued_at=now, body=body)
+    key_id = derived_id(IDEMPOTENCY_NAMESPACE, f"{member_id}:{body.type}:{key}")
+    command_id = derived_id(IDEMPOTENCY_NAMESPACE, f"{key_id}:{digest or _digest(body)}")
+    return CommandMessage(command_id=command_id, correlation_id=key_id, issued_at=now, body=body, keyed=True)
+
+
+def _digest(body: AnyBody) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def _profile_digest(data_key: bytes, fields: dict[str, str]) -> str:
+    """A digest keyed by the member's data key: it reveals nothing of the profile, and once the key
+    is erased there is nothing left to test a guess against."""
+    return hmac.new(data_key, json.dumps(sorted(fields.items())).encode(), hashlib.sha256).hexdigest()
+
+
+async def _send(request: Request, settings: LedgerSettings, member_id: str, message: CommandMessage) -> None:
     """Hand the command to Kafka (acks=all) without holding a thread while it is acknowledged."""
-    message = CommandMessage(
-        command_id=command_id, correlation_id=command_id, issued_at=datetime.now(UTC), body=body
-    )
     loop = asyncio.get_running_loop()
     acknowledged: asyncio.Future[None] = loop.create_future()
 
@@ -409,7 +453,7 @@ async def _send(
         await asyncio.wait_for(acknowledged, settings.command_timeout_s)
     except (KafkaError, TimeoutError) as error:
         raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
-    request.app.state.replies.expect(command_id)
+    request.app.state.replies.expect(message.command_id)
 
 
 def _outcome(reply: CommandReply) -> CommandOutcome:

@@ -142,6 +142,8 @@ class CommandMessage(BaseModel):
     correlation_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     issued_at: AwareDatetime
     body: CommandBody
+    # Sent under a caller's Idempotency-Key, which the correlation id names (domain.commands).
+    keyed: bool = False
 
 
 class Tick(BaseModel):
@@ -189,7 +191,12 @@ def _parse_command(message: CommandMessage, received_at: datetime) -> Command | 
             now=message.body.now.astimezone(UTC),
         )
     return to_command(
-        message.body, message.command_id, message.correlation_id, message.issued_at, received_at
+        message.body,
+        message.command_id,
+        message.correlation_id,
+        message.issued_at,
+        received_at,
+        keyed=message.keyed,
     )
 
 
@@ -220,12 +227,17 @@ def _inbound_command(message: PurchaseMessage | RefundMessage, received_at: date
 
 
 def to_command(
-    body: BaseModel, command_id: str, correlation_id: str, issued_at: datetime, received_at: datetime
+    body: BaseModel,
+    command_id: str,
+    correlation_id: str,
+    issued_at: datetime,
+    received_at: datetime,
+    keyed: bool = False,
 ) -> Command:
     """The domain command of a message. `issued_at` is the time of the commands the API sends;
     `received_at` (when the record reached the log) is what a purchase's or a refund's own date is
     judged against."""
-    ids: dict[str, Any] = {"command_id": command_id, "correlation_id": correlation_id}
+    ids: dict[str, Any] = {"command_id": command_id, "correlation_id": correlation_id, "keyed": keyed}
     match body:
         case PurchaseMessage():
             return RecordPurchase(

@@ -53,7 +53,7 @@ from services.ledger.domain.account import Account
 from services.ledger.domain.chain import seal_with_bytes
 from services.ledger.domain.commands import AdvanceClock, Command, RecordRules
 from services.ledger.domain.decide import decide, original_command
-from services.ledger.domain.errors import LedgerError, UnknownMember
+from services.ledger.domain.errors import IdempotencyKeyReused, LedgerError, UnknownMember
 from services.ledger.instance import claim_instance
 from services.ledger.ownership import announcement
 from services.ledger.partitioning import partition_for
@@ -492,7 +492,11 @@ class Processor:
             return True
         account = batch.account(partition, command.member_id)
         replying = record.topic == self._settings.topic_commands
-        original = original_command(account, command)
+        try:
+            original = original_command(account, command)
+        except IdempotencyKeyReused as error:  # the caller's mistake, not the member's: nothing is recorded
+            self._reply(partition, account, command, "rejected", code=error.code, detail=error.detail)
+            return True
         if original is not None:
             if replying:
                 self._reply(partition, account, command, "duplicate", original_command_id=original)

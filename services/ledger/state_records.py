@@ -21,8 +21,9 @@ import orjson
 from pydantic import TypeAdapter
 
 from schemas.events import LotPoints
-from services.ledger.domain.account import Account, Outcome, Purchase, Redemption
+from services.ledger.domain.account import Account, Purchase, Redemption
 from services.ledger.domain.lots import Lot, PendingLot, by_maturity, oldest_first
+from services.ledger.domain.memory import Outcome
 
 Change = tuple[str, bytes | None]
 
@@ -155,6 +156,7 @@ def _purchase(p: Purchase) -> bytes:
             p.points_expired,
             p.category_spend,
             p.bonuses,
+            p.refund_ids,
         )
     )
 
@@ -174,7 +176,7 @@ def _redemption(r: Redemption) -> bytes:
 
 
 def _outcome(o: Outcome) -> bytes:
-    return orjson.dumps((o.first_sequence, o.last_sequence, o.rejected))
+    return orjson.dumps((o.first_sequence, o.last_sequence, o.rejected, o.recorded_at, o.key))
 
 
 def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
@@ -200,7 +202,7 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
         elif kind == ADJUSTMENT:
             adjustments[item] = decoded
         elif kind == OUTCOME:
-            outcomes.append((item, Outcome(*decoded)))
+            outcomes.append((item, _decode_outcome(decoded)))
     if not fields:
         return Account.new(member_id)
     outcomes.sort(key=lambda found: found[1].last_sequence)  # the order they are forgotten in
@@ -217,15 +219,26 @@ def assemble(member_id: str, rows: Iterable[tuple[str, bytes]]) -> Account:
     )
 
 
+def _decode_outcome(fields: list[Any]) -> Outcome:
+    """Records written before outcomes had a time and a key hold only the first three fields."""
+    first, last, rejected, *later = fields
+    if not later:
+        return Outcome(first, last, rejected)
+    recorded_at, idempotency_key = later
+    when = None if recorded_at is None else _instant(recorded_at)
+    return Outcome(first, last, rejected, when, idempotency_key)
+
+
 def _decode_purchase(purchase_id: str, fields: list[Any]) -> Purchase:
     """Records written before purchases knew their lot name it as it was then, and know nothing
-    of expiry or items (a refund of such a purchase takes its share in proportion)."""
+    of expiry or items (a refund of such a purchase takes its share in proportion); those written
+    before purchases knew their refunds name none."""
     command_id, amount, occurred, refunded, earned, reversed_ = fields[:6]
     if len(fields) == 6:
         return Purchase(
             command_id, amount, _instant(occurred), refunded, earned, reversed_, f"purchase:{purchase_id}"
         )
-    lot_id, expired, spend, bonuses = fields[6:]
+    lot_id, expired, spend, bonuses, *refund_ids = fields[6:]
     return Purchase(
         command_id,
         amount,
@@ -237,6 +250,7 @@ def _decode_purchase(purchase_id: str, fields: list[Any]) -> Purchase:
         expired,
         tuple((category, minor) for category, minor in spend),
         tuple((category, factor) for category, factor in bonuses),
+        tuple(refund_ids[0]) if refund_ids else (),
     )
 
 

@@ -147,6 +147,37 @@ def test_idempotency_key_returns_the_original_outcome(ledger: TestClient) -> Non
     assert again.json()["balance"]["available"] == 40
 
 
+def test_a_key_reused_with_another_body_is_refused_by_every_api_process(
+    ledger: TestClient, isolated: Isolated
+) -> None:
+    """Another process (a worker, or the API after a restart) that never saw the first request
+    refuses the key for another body, and answers a true retry with the original outcome."""
+    buy(ledger, "m-6", "50.00")
+    body = {"redemption_id": "rd-6", "member_id": "m-6", "points": 10}
+    first = ledger.post("/v1/redemptions", json=body, headers={"Idempotency-Key": "k-6"})
+    assert first.status_code == 201, first.text
+    with TestClient(create_app(isolated.ledger()), headers=isolated.headers) as other:
+        reused = other.post(
+            "/v1/redemptions", json={**body, "points": 20}, headers={"Idempotency-Key": "k-6"}
+        )
+        assert reused.status_code == 422, reused.text
+        assert reused.json()["type"].endswith("/idempotency_key_reused")
+        assert "another request" in reused.json()["detail"]
+        again = other.post("/v1/redemptions", json=body, headers={"Idempotency-Key": "k-6"})
+        assert again.status_code == 200, again.text
+        assert again.json()["original_command_id"] == first.json()["command_id"]
+        assert again.json()["balance"]["available"] == 40, "the reused key took nothing"
+    assert (
+        ledger.post("/v1/redemptions", json={**body, "points": 20}, headers={"Idempotency-Key": "k-6"})
+        .json()["type"]
+        .endswith("/idempotency_key_reused")
+    ), "and so does the process that saw the first"
+    tier = {"tier": "gold", "reason": "VIP"}
+    assert (
+        ledger.put("/v1/members/m-6/tier", json=tier, headers={"Idempotency-Key": "k-6"}).status_code == 201
+    )
+
+
 def test_bad_input_is_a_422_problem_and_unknown_commands_404(ledger: TestClient) -> None:
     bad = ledger.post("/v1/redemptions", json={"redemption_id": "x", "member_id": "m-1", "points": 0})
     assert bad.status_code == 422

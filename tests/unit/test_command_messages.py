@@ -66,6 +66,21 @@ def test_a_command_message_keeps_its_ids() -> None:
     command = parse_command_record(raw, ARRIVED)
     assert (command.command_id, command.correlation_id) == ("c-1", "r-1")
     assert isinstance(command, RecordPurchase) and command.received_at == ARRIVED
+    assert not command.keyed
+
+
+def test_a_command_sent_under_an_idempotency_key_says_so() -> None:
+    raw = json.dumps(
+        {
+            "command_id": "c-1",
+            "correlation_id": "key-1",
+            "issued_at": "2026-11-25T00:00:00Z",
+            "body": PURCHASE,
+            "keyed": True,
+        }
+    ).encode()
+    command = parse_command_record(raw, ARRIVED)
+    assert isinstance(command, RecordPurchase) and command.keyed and command.correlation_id == "key-1"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import reduce
 
 import pytest
@@ -30,6 +30,7 @@ from services.ledger.domain.errors import (
     UnknownRedemption,
 )
 from services.ledger.domain.lots import oldest_first
+from services.ledger.domain.memory import REMEMBERED_FOR
 from tests.unit import ledger_fixtures as make
 from tests.unit.ledger_fixtures import MEMBER, T0
 from tests.unit.legacy_state import second_layout
@@ -64,7 +65,7 @@ class Member:
         self.account = Account.new(MEMBER)
         self.log: list[Event] = []
         self.records: dict[str, bytes | None] = {}
-        self.applied: list[Command] = []
+        self.applied: list[tuple[datetime, Command]] = []
         self.now = T0
 
     def accept(self, command: Command) -> list[EventData]:
@@ -81,7 +82,7 @@ class Member:
         self.account = after
         self.log.extend(events)
         if decided:
-            self.applied.append(command)
+            self.applied.append((self.now, command))
         check_account(after, self.rules)
         return decided
 
@@ -166,9 +167,11 @@ class Member:
         assert self.account.tier == tier
 
     def repeat(self, cid: str, pick: int) -> None:
-        if not self.applied:
+        """A retry within the horizon commands are remembered for decides nothing."""
+        recent = [command for when, command in self.applied if self.now - when <= REMEMBERED_FOR]
+        if not recent:
             return
-        command = self.applied[pick % len(self.applied)]
+        command = recent[pick % len(recent)]
         assert decide(self.account, command, self.rules) == []
         assert seal(self.account, command, [], self.rules.version, self.now) == (self.account, [])
 
@@ -207,14 +210,23 @@ def check_log(log: list[Event], account: Account) -> None:
 
 
 def known_to_the_second_layout(account: Account) -> Account:
-    """What the second layout held: purchases without their lot, expiry or items."""
+    """What the second layout held: purchases without their lot, expiry, items or refunds, outcomes
+    without their time or key."""
     purchases = {
         purchase_id: replace(
-            p, lot_id=f"purchase:{purchase_id}", points_expired=0, category_spend=(), bonuses=()
+            p,
+            lot_id=f"purchase:{purchase_id}",
+            points_expired=0,
+            category_spend=(),
+            bonuses=(),
+            refund_ids=(),
         )
         for purchase_id, p in account.purchases.items()
     }
-    return replace(account, purchases=purchases)
+    outcomes = {
+        command_id: replace(o, recorded_at=None, key=None) for command_id, o in account.outcomes.items()
+    }
+    return replace(account, purchases=purchases, outcomes=outcomes)
 
 
 def _live(records: dict[str, bytes | None]) -> list[tuple[str, bytes]]:

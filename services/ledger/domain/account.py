@@ -8,7 +8,6 @@ from typing import Any
 
 from schemas.canonical import GENESIS_HASH
 from schemas.events import (
-    CommandRejected,
     Event,
     LotPoints,
     MemberEnrolled,
@@ -31,10 +30,9 @@ from schemas.events import (
 from schemas.inbound import PurchaseItem
 from schemas.money import to_minor
 from services.ledger.domain import lots as lot_ops
+from services.ledger.domain import memory
 from services.ledger.domain.lots import Lot, PendingLot
-
-# Command ids remembered per member for HTTP idempotency; business ids are remembered for good.
-OUTCOME_MEMORY = 256
+from services.ledger.domain.memory import Outcome
 
 
 @dataclass(frozen=True)
@@ -53,6 +51,8 @@ class Purchase:
     # category, and the category bonuses the purchase earned at.
     category_spend: tuple[tuple[str, int], ...] = ()
     bonuses: tuple[tuple[str, str], ...] = ()
+    # Its refunds: their ids are remembered as long as the purchase is (it can be refunded).
+    refund_ids: tuple[str, ...] = ()
 
     @property
     def qualifying_minor(self) -> int:
@@ -65,15 +65,6 @@ class Redemption:
     points: int
     from_lots: tuple[LotPoints, ...]
     cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a command did: the sequences of its events, and whether it was rejected."""
-
-    first_sequence: int
-    last_sequence: int
-    rejected: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,10 +87,12 @@ class Account:
     reversed: int = 0
     adjusted: int = 0
     purchases: dict[str, Purchase] = field(default_factory=dict)
-    # Business ids of refunds and adjustments -> the command that did them.
+    # Business ids of refunds and adjustments -> the command that did them. Each is remembered
+    # while a retry of it could still do harm (domain.memory).
     refunds: dict[str, str] = field(default_factory=dict)
     redemptions: dict[str, Redemption] = field(default_factory=dict)
     adjustments: dict[str, str] = field(default_factory=dict)
+    # By command id, the oldest first.
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     rules_version: int = 0
     rules_fingerprint: str = ""
@@ -130,19 +123,19 @@ class Account:
 
 def evolve(account: Account, event: Event) -> Account:
     """The account after one of its events. Never fails: events are facts."""
-    known = account.outcomes.get(event.command_id)
-    outcome = Outcome(
-        first_sequence=known.first_sequence if known else event.sequence,
-        last_sequence=event.sequence,
-        rejected=isinstance(event.data, CommandRejected),
-    )
-    outcomes = dict(account.outcomes)
-    outcomes.pop(event.command_id, None)
-    outcomes[event.command_id] = outcome
-    if len(outcomes) > OUTCOME_MEMORY:
-        outcomes.pop(next(iter(outcomes)))
+    outcomes, forgotten = memory.remember(account.outcomes, event)
     account = _set(account, sequence=event.sequence, last_hash=event.hash, outcomes=outcomes)
-    return _apply(account, event)
+    return _forget(_apply(account, event), forgotten, event.recorded_at)
+
+
+def _forget(account: Account, forgotten: set[str], now: datetime) -> Account:
+    """Forget the business ids a retry can no longer misuse (domain.memory); refund ids go with
+    their purchase (PurchaseRecorded)."""
+    adjustments = memory.without_commands(account.adjustments, forgotten)
+    redemptions = memory.still_cancellable(account.redemptions, account.outcomes, now)
+    if adjustments is account.adjustments and redemptions is account.redemptions:
+        return account
+    return _set(account, adjustments=adjustments, redemptions=redemptions)
 
 
 def _apply(account: Account, event: Event) -> Account:
@@ -165,7 +158,9 @@ def _apply(account: Account, event: Event) -> Account:
             if data.forget_before is None:
                 return _set(account, purchases=purchases)
             kept = {key: p for key, p in purchases.items() if p.occurred_at >= data.forget_before}
-            return _set(account, purchases=kept, forgotten_before=data.forget_before)
+            gone = {r for key, p in purchases.items() if key not in kept for r in p.refund_ids}
+            refunds = {r: c for r, c in account.refunds.items() if r not in gone} if gone else account.refunds
+            return _set(account, purchases=kept, refunds=refunds, forgotten_before=data.forget_before)
         case PointsEarned():
             account = _update_purchase(account, data.purchase_id, earned=data.points)
             purchase = replace(
@@ -189,10 +184,12 @@ def _apply(account: Account, event: Event) -> Account:
             return _credit(account, data.lot_id, data.points, data.debt_repaid, matured.expires_at)
         case PurchaseRefunded():
             purchase = account.purchases[data.purchase_id]
-            purchases = {
-                **account.purchases,
-                data.purchase_id: replace(purchase, refunded_minor=data.refunded_total_minor),
-            }
+            refunded = replace(
+                purchase,
+                refunded_minor=data.refunded_total_minor,
+                refund_ids=(*purchase.refund_ids, data.refund_id),
+            )
+            purchases = {**account.purchases, data.purchase_id: refunded}
             return _set(
                 account, purchases=purchases, refunds={**account.refunds, data.refund_id: event.command_id}
             )

@@ -11,10 +11,15 @@ from schemas.inbound import PurchaseItem
 
 @dataclass(frozen=True, kw_only=True)
 class Command:
+    """`keyed`: sent under a caller's Idempotency-Key. The correlation id then names the key (all
+    attempts under it share it) and the command id names the key and the request's body, so that
+    the key is remembered with the command's outcome, from its events alone."""
+
     command_id: str
     correlation_id: str
     member_id: str
     occurred_at: datetime
+    keyed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,6 +51,7 @@ from services.ledger.domain.commands import (
 from services.ledger.domain.earning import points_for
 from services.ledger.domain.errors import (
     DuplicatePurchase,
+    IdempotencyKeyReused,
     InsufficientPoints,
     InvalidAmount,
     MemberExists,
@@ -78,9 +79,21 @@ def decide(account: Account, command: Command, rules: ProgramRules) -> list[Even
 
 
 def original_command(account: Account, command: Command) -> str | None:
-    """The id of the command that already did what `command` asks, if any."""
+    """The id of the command that already did what `command` asks, if any.
+
+    Raises IdempotencyKeyReused for a command whose Idempotency-Key another request was sent under.
+    """
     if command.command_id in account.outcomes:
         return command.command_id
+    if command.keyed:
+        key = command.correlation_id
+        if key in account.outcomes:  # decided before requests were told apart: taken as this one
+            return key
+        if any(outcome.key == key for outcome in account.outcomes.values()):
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used for another request to this member; a retry must "
+                "repeat the original request exactly, and a new request needs a new key"
+            )
     match command:
         case RecordPurchase() if _same_purchase(account.purchases.get(command.purchase_id), command):
             return account.purchases[command.purchase_id].command_id
@@ -309,7 +322,10 @@ def _redeem(command: RedeemPoints, account: Account, rules: ProgramRules) -> lis
 def _cancel(command: CancelRedemption, account: Account, rules: ProgramRules) -> list[EventData]:
     redemption = account.redemptions.get(command.redemption_id)
     if redemption is None:
-        raise UnknownRedemption(f"member has no redemption {command.redemption_id!r}")
+        raise UnknownRedemption(
+            f"member has no redemption {command.redemption_id!r} (a redemption is forgotten once "
+            "its points would have expired, and can no longer be cancelled)"
+        )
     if redemption.cancelled:
         return []
     now = command.occurred_at

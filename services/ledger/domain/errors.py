@@ -73,3 +73,12 @@ class RefundInFuture(LedgerError):
 
 class RefundWindowClosed(LedgerError):
     code = "refund_window_closed"
+
+
+class IdempotencyKeyReused(LedgerError):
+    """An Idempotency-Key sent again with another request: a retry must repeat the request exactly.
+
+    Not a decision about the member: nothing is recorded, the caller is told.
+    """
+
+    code = "idempotency_key_reused"
