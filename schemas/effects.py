@@ -60,10 +60,14 @@ class Points(NamedTuple):
         return self.available + self.pending
 
     @property
+    def net(self) -> int:
+        """What the figures say the member holds: earned + adjusted - redeemed - expired - reversed."""
+        return self.lifetime_earned + self.adjusted - self.redeemed - self.expired - self.reversed
+
+    @property
     def conserved(self) -> bool:
-        """Whether what the events say happened accounts for what the lots hold."""
-        came = self.lifetime_earned + self.adjusted
-        return came - self.redeemed - self.expired - self.reversed == self.outstanding
+        """Whether what the events say happened accounts for what the lots hold, less the debt."""
+        return self.net == self.outstanding
 
     def plus(self, other: Points) -> Points:
         return Points(*(mine + theirs for mine, theirs in zip(self, other, strict=True)))
