@@ -203,6 +203,28 @@ class CommandRejected(EventData):
     detail: str
 
 
+# Every event type: what a `match` over event data must cover (`typing.assert_never` checks it).
+AnyEventData = (
+    MemberEnrolled
+    | ProfileUpdated
+    | PersonalDataErased
+    | PurchaseRecorded
+    | PointsEarned
+    | PointsMatured
+    | PurchaseRefunded
+    | PointsReversed
+    | PointsRedeemed
+    | RedemptionCancelled
+    | PointsRestored
+    | PointsAdjusted
+    | PointsExpired
+    | TierChanged
+    | TierRetained
+    | ProgramRulesChanged
+    | CommandRejected
+)
+
+
 class Event(BaseModel):
     """The envelope. `hash` covers every other field in canonical JSON form."""
 

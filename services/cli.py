@@ -25,12 +25,15 @@ TOOLS = {
     ),
     "verify": (
         "services.audit.verify",
-        "check every member's sequence and hash chain in the events topic",
+        "check every member's hash chain, that its points add up, and that the read models agree",
         "Walks the events topic from offset 0 to the end offsets taken at start and checks, for every "
         "stream (each member, and $program), that sequences run 1, 2, 3, ... and that prev_hash and "
-        "hash chain over the documents as stored. Prints the counts, the first break of each stream "
-        "and the first break overall. Exits 1 on any break, 2 when the log cannot be read. --topic "
-        "checks another topic.",
+        "hash chain over the documents as stored; that after each command earned + adjusted - "
+        "redeemed - expired - reversed = available + pending, per member and for the program; and, "
+        "when LOYALTY_DATABASE_URL is set, that every member's balance figures in the read models "
+        "equal the log's up to the positions the projector has applied. Prints the counts, the first "
+        "break of each stream, every difference and the first break overall. Exits 1 on any break or "
+        "difference, 2 when the log or the read models cannot be read. --topic checks another topic.",
     ),
     "history": (
         "services.audit.history",

@@ -21,6 +21,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from schemas.effects import effect
 from schemas.events import (
     CommandRejected,
     EarningRule,
@@ -45,7 +46,6 @@ from schemas.money import from_minor
 from schemas.topics import KafkaSettings
 from services.kafka_offsets import committed_reader
 from services.ledger.partitioning import partition_for
-from services.projector.fold import delta
 
 FORMATS = ("table", "json", "csv")
 # Shorter column titles, so that a row fits a terminal line before its explanation.
@@ -83,15 +83,15 @@ class Row:
 def history_rows(events: Iterable[Event], as_of: datetime | None = None) -> list[Row]:
     """The events in sequence, cut at `as_of` (business time, inclusive), with running balances.
 
-    Point changes come from the projector's own `delta`, so this explains the very numbers the
-    read API serves.
+    Point changes come from `schemas.effects`, as the ledger's and the projector's do, so this
+    explains the very numbers the ledger decided on and the read API serves.
     """
     available = pending = 0
     found = []
     for event in sorted(events, key=lambda event: event.sequence):
         if as_of is not None and event.occurred_at > as_of:
             continue
-        change = delta(event.data)
+        change = effect(event.data).points
         available += change.available
         pending += change.pending
         found.append(

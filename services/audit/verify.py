@@ -16,13 +16,16 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
+import psycopg
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.canonical import GENESIS_HASH, event_hash
-from schemas.topics import KafkaSettings
+from services.audit.balances import BalanceCheck, Difference, differences, read_models
+from services.audit.balances import render as balance_lines
 from services.kafka_offsets import committed_reader, end_offsets
+from services.projector.settings import ProjectorSettings
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +250,11 @@ class VerifyError(Exception):
     """The log could not be read to its end: no verdict."""
 
 
-def walk(bootstrap: str, topic: str, check: ChainCheck, stall_s: float = 60.0) -> None:
-    """Feed `check` every committed record of `topic` below the end offsets taken at the start.
+def walk(
+    bootstrap: str, topic: str, check: ChainCheck, balances: BalanceCheck | None = None, stall_s: float = 60.0
+) -> None:
+    """Feed `check` (and `balances`) every committed record of `topic` below the end offsets taken
+    at the start.
 
     Records appended meanwhile are left out, so the verdict is about one fixed prefix of the log.
     """
@@ -274,6 +280,8 @@ def walk(bootstrap: str, topic: str, check: ChainCheck, stall_s: float = 60.0) -
                     if record.offset >= ends[tp.partition]:
                         break
                     check.feed(record.key, record.value, record.partition, record.offset)
+                    if balances is not None:
+                        balances.feed(record.key, record.value, record.partition, record.offset)
             done = {
                 tp for tp in pending if (consumer.position(tp, timeout_ms=1000) or 0) >= ends[tp.partition]
             }
@@ -329,23 +337,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every chain is intact, 1 on any break, 2 when the log could not be read."""
+    """Exit 0 when every chain is intact, every balance adds up and the read models agree with the
+    log; 1 otherwise; 2 when the log or the read models could not be read."""
     try:
-        settings = KafkaSettings()
+        settings = ProjectorSettings()
     except ValidationError as error:
         print(f"loyalty verify: {error}", file=sys.stderr)
         return 2
     topic = args.topic or settings.topic_events
+    # The read models are compared only with a database configured: the default is a local one.
+    configured = "database_url" in settings.model_fields_set
     check, started = ChainCheck(), time.monotonic()
     try:
-        walk(settings.kafka_bootstrap, topic, check)
-    except (KafkaError, VerifyError) as error:
+        # Read before the log's ends are taken, so that the projector's positions are within them.
+        projection = read_models(settings.database_url, settings.read_schema, topic) if configured else None
+        balances = BalanceCheck(projection.positions if projection is not None else None)
+        walk(settings.kafka_bootstrap, topic, check, balances)
+    except (KafkaError, VerifyError, psycopg.Error) as error:
         print(f"loyalty verify: {error}", file=sys.stderr)
         return 2
-    report = check.finish()
+    report, balance_report = check.finish(), balances.finish()
+    compared: list[Difference] | str = (
+        differences(balance_report.at_positions, projection.members)
+        if projection is not None
+        else f"no projection of {topic} in schema {settings.read_schema}"
+        if configured
+        else "LOYALTY_DATABASE_URL is not set"
+    )
     seconds = time.monotonic() - started
     log.info(
         "verified", extra={"events": report.events, "seconds": round(seconds, 2), "breaks": report.breaks}
     )
-    print("\n".join(render(report, topic)))
-    return 0 if report.intact else 1
+    chain = render(report, topic)
+    # The chain's verdict stays the last line.
+    print("\n".join([*chain[:-1], *balance_lines(balance_report, compared), chain[-1]]))
+    differs = isinstance(compared, list) and bool(compared)
+    return 0 if report.intact and not balance_report.unbalanced and not differs else 1

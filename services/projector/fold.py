@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from pydantic import ValidationError
 
+from schemas.effects import Effect, Points, effect
 from schemas.events import (
     EncryptedProfile,
     Event,
@@ -22,7 +23,6 @@ from schemas.events import (
     PersonalDataErased,
     PointsAdjusted,
     PointsEarned,
-    PointsExpired,
     PointsMatured,
     PointsRedeemed,
     PointsRestored,
@@ -36,60 +36,6 @@ from schemas.events import (
     TierRetained,
 )
 from schemas.money import to_minor
-
-
-class Delta(NamedTuple):
-    """What one event does to a member's point totals (a tuple: built for every event).
-
-    The events of each command keep lifetime_earned + adjusted - redeemed - expired - reversed
-    equal to available + pending. `debt` is the part of the reversals that found the points already spent;
-    `available` counts it already, and later credits repay it first.
-    """
-
-    available: int = 0
-    pending: int = 0
-    lifetime_earned: int = 0
-    redeemed: int = 0
-    expired: int = 0
-    reversed: int = 0
-    adjusted: int = 0
-    debt: int = 0
-
-    @property
-    def outstanding(self) -> int:
-        return self.available + self.pending
-
-
-NO_CHANGE = Delta()
-
-
-def delta(data: EventData) -> Delta:
-    match data:
-        case PointsEarned():
-            if data.matures_at is None:
-                return Delta(available=data.points, lifetime_earned=data.points, debt=-data.debt_repaid)
-            return Delta(pending=data.points, lifetime_earned=data.points, debt=-data.debt_repaid)
-        case PointsMatured():
-            return Delta(available=data.points, pending=-data.points, debt=-data.debt_repaid)
-        case PointsReversed():
-            from_pending = sum(item.points for item in data.from_pending)
-            return Delta(
-                available=from_pending - data.points,
-                pending=-from_pending,
-                reversed=data.points,
-                debt=data.debt_added,
-            )
-        case PointsRedeemed():
-            return Delta(available=-data.points, redeemed=data.points)
-        case RedemptionCancelled():
-            return Delta(redeemed=-data.points)
-        case PointsRestored():
-            return Delta(available=data.points, debt=-data.debt_repaid)
-        case PointsAdjusted():
-            return Delta(available=data.points, adjusted=data.points, debt=-data.debt_repaid)
-        case PointsExpired():
-            return Delta(available=-data.points, expired=data.points)
-    return NO_CHANGE
 
 
 @dataclass(slots=True)
@@ -118,7 +64,7 @@ class MemberChange:
     spend_minor: int = 0
     refunded_minor: int = 0
 
-    def add(self, change: Delta) -> None:
+    def add(self, change: Points) -> None:
         self.available += change.available
         self.pending += change.pending
         self.lifetime_earned += change.lifetime_earned
@@ -176,7 +122,7 @@ class ProgramTotals:
 
 class EventRow(NamedTuple):
     event: Event
-    change: Delta
+    change: Points
     raw: str
     amount_minor: int | None
     reference: str | None
@@ -292,7 +238,8 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
     if isinstance(data, ProgramRulesChanged):  # the program's own stream: no member rows
         folded.rules.append((event, data))
         return
-    change = delta(data)
+    moved = effect(data)
+    change = moved.points
     member.add(change)
     when = quarter_hour(event.occurred_at)
     totals = _totals(folded, when)
@@ -306,7 +253,7 @@ def _apply(folded: Folded, event: Event, raw: str) -> None:
         totals.points_liability += _liability_change(folded, event.member_id, change.outstanding)
     amount, reference = _what(data)
     folded.events.append(EventRow(event, change, raw, amount, reference))
-    _lots(folded, event.member_id, data)
+    _lots(folded, event.member_id, moved)
     match data:
         case MemberEnrolled():
             member.enrolled_at = event.occurred_at
@@ -395,30 +342,19 @@ def _what(data: EventData) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _lots(folded: Folded, member_id: str, data: EventData) -> None:
-    """Lot movements, as the ledger makes them: debt is repaid before a lot opens."""
-    match data:
-        case PointsEarned() if data.matures_at is not None:
-            lot = _lot(folded, member_id, data.lot_id, data.points, data.expires_at)
-            lot.matures_at = data.matures_at
-        case PointsEarned():
-            _lot(folded, member_id, data.lot_id, data.points - data.debt_repaid, data.expires_at)
-        case PointsMatured():
-            lot = _lot(folded, member_id, data.lot_id, -data.debt_repaid, None)
-            lot.matured = True
-            lot.matures_at = None
-        case PointsReversed():
-            _take(folded, member_id, (*data.from_pending, *data.from_lots), -1)
-        case PointsRedeemed():
-            _take(folded, member_id, data.from_lots, -1)
-        case PointsRestored():
-            _take(folded, member_id, data.to_lots, 1)
-        case PointsAdjusted() if data.lot_id is not None and data.points > 0:
-            _lot(folded, member_id, data.lot_id, data.points - data.debt_repaid, data.expires_at)
-        case PointsAdjusted():
-            _take(folded, member_id, data.from_lots, -1)
-        case PointsExpired():
-            _take(folded, member_id, data.lots, -1)
+def _lots(folded: Folded, member_id: str, moved: Effect) -> None:
+    """The event's lot movements (see schemas/effects.py). A pending lot is a row with `matures_at`
+    that matures in place: it keeps its points, less the debt they repaid."""
+    _take(folded, member_id, (*moved.taken_pending, *moved.taken), -1)
+    _take(folded, member_id, moved.returned, 1)
+    if moved.opened is not None:
+        lot = _lot(folded, member_id, moved.opened.lot_id, moved.opened.points, moved.opened.expires_at)
+        if moved.opened.matures_at is not None:
+            lot.matures_at = moved.opened.matures_at
+    if moved.matured is not None:
+        lot = _lot(folded, member_id, moved.matured.lot_id, -moved.matured.debt_repaid, None)
+        lot.matured = True
+        lot.matures_at = None
 
 
 def _take(folded: Folded, member_id: str, moved: tuple[LotPoints, ...], sign: int) -> None:

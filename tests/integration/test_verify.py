@@ -1,23 +1,29 @@
-"""`loyalty verify` on real Kafka: an intact log passes; altered, dropped and reordered copies do not."""
+"""`loyalty verify` on real Kafka: an intact log passes; altered, dropped and reordered copies do not;
+nor does a log whose figures do not add up, nor read models that differ from the log."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from schemas.events import Event
+from schemas.events import Event, PointsRedeemed
 from services import cli
+from services.ledger.domain.account import Account
+from services.ledger.domain.chain import seal
 from services.ledger.topics import ensure_topics
-from tests.conftest import Isolated
+from tests.conftest import Isolated, Running
 from tests.integration.kafka_io import read_all
-from tests.integration.projection import publish_events
+from tests.integration.projection import projected, publish_events
 from tests.unit.ledger_fixtures import (
+    LOT_1,
     TWO_LOTS,
     adjust,
+    apply,
     at,
     log_of,
     purchase,
@@ -56,6 +62,71 @@ def test_an_intact_log_verifies(published: list[Event], capsys: pytest.CaptureFi
     code, lines = verify(capsys)
     assert code == 0
     assert lines[0].startswith(f"{len(published)} events in 4 streams (members and $program)")
+    assert lines[-1] == "chain intact"
+
+
+RULE = "earned + adjusted - redeemed - expired - reversed = available + pending"
+BALANCED = f"balances: {RULE} for every member"
+
+
+def test_a_healthy_pipeline_adds_up_and_its_read_models_agree_with_the_log(
+    isolated: Isolated, running: Running, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolated.export(monkeypatch)
+    with projected(isolated, running, ledger_log()):
+        code, lines = verify(capsys)
+    assert code == 0, lines
+    # Earned 200 (m-1) + 300 (m-2) + 99 + 120 (m-3); m-2's goodwill 20; redeemed 50 and 100;
+    # reversed 50 (half of o-1).
+    assert lines[1] == f"{BALANCED} and the program: 719 + 20 - 150 - 0 - 50 = 539, 539 + 0 = 539"
+    assert lines[2] == "read models: 4 streams agree with the log up to the projector's positions"
+    assert lines[-1] == "chain intact"
+
+
+def test_a_read_model_that_differs_from_the_log_is_printed_figure_by_figure(
+    isolated: Isolated, running: Running, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolated.export(monkeypatch)
+    with projected(isolated, running, ledger_log()):
+        with psycopg.connect(isolated.env["LOYALTY_DATABASE_URL"]) as conn:
+            conn.execute("UPDATE members SET available = available + 1000 WHERE member_id = 'm-1'")
+            conn.execute("DELETE FROM members WHERE member_id = 'm-3'")
+        code, lines = verify(capsys)
+    assert code == 1
+    assert lines[1].startswith(BALANCED), "the log itself adds up"
+    assert lines[2:5] == [
+        "read models: 2 difference(s) from the log up to the projector's positions:",
+        "  member m-1 available: log 100, read model 1100",
+        "  member m-3 row: log events, read model none",
+    ]
+    assert lines[-1] == "chain intact"
+
+
+def test_a_log_whose_figures_do_not_add_up_fails_though_its_chain_holds(
+    published: list[Event], isolated: Isolated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A redemption that says 150 points but takes 50 from the lots, sealed into a valid chain."""
+    account = Account.new("m-9")
+    for command in TWO_LOTS:
+        account, _, _ = apply(account, command)
+    short = PointsRedeemed(
+        redemption_id="r-9",
+        points=150,
+        value_minor=1500,
+        currency="CNY",
+        from_lots=(LOT_1.model_copy(update={"points": 50}),),
+    )
+    when = at(2025, 3, 1)
+    account, crafted = seal(account, redeem("r-9", 150, when), [short], 1, when)
+    events = log_of("m-9", *TWO_LOTS)
+    publish_events(isolated, [*events, *crafted])
+
+    code, lines = verify(capsys)
+    assert code == 1
+    assert lines[1:3] == [
+        f"balances: 1 member(s) break {RULE}; where each first does:",
+        f"  member m-9 sequence {crafted[0].sequence}: 200 + 0 - 150 - 0 - 0 = 50, 150 + 0 = 150",
+    ]
     assert lines[-1] == "chain intact"
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never, cast
 
 from schemas.canonical import GENESIS_HASH
+from schemas.effects import NO_EFFECT, Effect, effect
 from schemas.events import (
+    AnyEventData,
+    CommandRejected,
     Event,
     LotPoints,
     MemberEnrolled,
@@ -139,7 +142,11 @@ def _forget(account: Account, forgotten: set[str], now: datetime) -> Account:
 
 
 def _apply(account: Account, event: Event) -> Account:
-    data = event.data
+    """The points and lots (as `schemas.effects` says), then what the account remembers of the event."""
+    change = effect(event.data)
+    if change is not NO_EFFECT:
+        account = _move(account, change)
+    data = cast(AnyEventData, event.data)  # every EventData is one of these (tests/unit/test_effects.py)
     match data:
         case MemberEnrolled():
             return _set(account, enrolled=True, tier=data.tier, has_profile=data.profile is not None)
@@ -168,20 +175,7 @@ def _apply(account: Account, event: Event) -> Account:
                 lot_id=data.lot_id,
                 bonuses=tuple(data.rule.category_bonuses.items()),
             )
-            account = _set(account, purchases={**account.purchases, data.purchase_id: purchase})
-            account = _set(account, lifetime_earned=account.lifetime_earned + data.points)
-            if data.matures_at is not None:
-                pending = PendingLot(data.lot_id, data.points, data.expires_at, data.matures_at)
-                return _set(account, pending=lot_ops.by_maturity((*account.pending, pending)))
-            return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
-        case PointsMatured():
-            # One pending lot at a time: logs written before every earning had its own lot can
-            # hold two of the same name.
-            matured = next(lot for lot in account.pending if lot.lot_id == data.lot_id)
-            still = list(account.pending)
-            still.remove(matured)
-            account = _set(account, pending=tuple(still))
-            return _credit(account, data.lot_id, data.points, data.debt_repaid, matured.expires_at)
+            return _set(account, purchases={**account.purchases, data.purchase_id: purchase})
         case PurchaseRefunded():
             purchase = account.purchases[data.purchase_id]
             refunded = replace(
@@ -194,61 +188,62 @@ def _apply(account: Account, event: Event) -> Account:
                 account, purchases=purchases, refunds={**account.refunds, data.refund_id: event.command_id}
             )
         case PointsReversed():
-            reduced = tuple(
-                replace(
-                    lot,
-                    points=lot.points - sum(t.points for t in data.from_pending if t.lot_id == lot.lot_id),
-                )
-                for lot in account.pending
-            )
-            account = _update_purchase(account, data.purchase_id, reversed_=data.points)
-            return _set(
-                account,
-                pending=tuple(lot for lot in reduced if lot.points > 0),
-                lots=lot_ops.remove(account.lots, data.from_lots),
-                debt=account.debt + data.debt_added,
-                reversed=account.reversed + data.points,
-            )
+            return _update_purchase(account, data.purchase_id, reversed_=data.points)
         case PointsRedeemed():
             redemption = Redemption(command_id=event.command_id, points=data.points, from_lots=data.from_lots)
-            return _set(
-                account,
-                lots=lot_ops.remove(account.lots, data.from_lots),
-                redeemed=account.redeemed + data.points,
-                redemptions={**account.redemptions, data.redemption_id: redemption},
-            )
+            return _set(account, redemptions={**account.redemptions, data.redemption_id: redemption})
         case RedemptionCancelled():
             cancelled = replace(account.redemptions[data.redemption_id], cancelled=True)
-            return _set(
-                account,
-                redeemed=account.redeemed - data.points,
-                redemptions={**account.redemptions, data.redemption_id: cancelled},
-            )
-        case PointsRestored():
-            return _set(
-                account, lots=lot_ops.add(account.lots, data.to_lots), debt=account.debt - data.debt_repaid
-            )
+            return _set(account, redemptions={**account.redemptions, data.redemption_id: cancelled})
         case PointsAdjusted():
-            account = _set(
-                account,
-                adjusted=account.adjusted + data.points,
-                adjustments={**account.adjustments, data.adjustment_id: event.command_id},
-            )
-            if data.points > 0 and data.lot_id is not None and data.expires_at is not None:
-                return _credit(account, data.lot_id, data.points, data.debt_repaid, data.expires_at)
-            return _set(account, lots=lot_ops.remove(account.lots, data.from_lots))
+            return _set(account, adjustments={**account.adjustments, data.adjustment_id: event.command_id})
         case PointsExpired():
-            account = _expire_purchases(account, data.lots)
-            return _set(
-                account, lots=lot_ops.remove(account.lots, data.lots), expired=account.expired + data.points
-            )
+            return _expire_purchases(account, data.lots)
         case TierChanged():
             return _set(account, tier=data.to_tier, next_evaluation_at=data.next_evaluation_at)
         case TierRetained():
             return _set(account, next_evaluation_at=data.next_evaluation_at)
         case ProgramRulesChanged():
             return _set(account, rules_version=data.version, rules_fingerprint=data.fingerprint)
-    return account
+        case PointsMatured() | PointsRestored() | CommandRejected():
+            return account
+        case _:
+            assert_never(data)
+
+
+def _move(account: Account, change: Effect) -> Account:
+    """The effect's figures added, its points moved between the account's lots."""
+    points = change.points
+    lots, pending = account.lots, account.pending
+    if change.taken:
+        lots = lot_ops.remove(lots, change.taken)
+    if change.taken_pending:
+        pending = lot_ops.remove(pending, change.taken_pending)
+    if change.returned:
+        lots = lot_ops.add(lots, change.returned)
+    opened, matured = change.opened, change.matured
+    if opened is not None and opened.matures_at is not None:
+        opening = PendingLot(opened.lot_id, opened.points, opened.expires_at, opened.matures_at)
+        pending = lot_ops.by_maturity((*pending, opening))
+    elif opened is not None:
+        lots = lot_ops.add(
+            lots, [LotPoints(lot_id=opened.lot_id, points=opened.points, expires_at=opened.expires_at)]
+        )
+    if matured is not None:
+        ripe, pending = lot_ops.mature(pending, matured.lot_id)
+        credit = matured.points - matured.debt_repaid
+        lots = lot_ops.add(lots, [LotPoints(lot_id=ripe.lot_id, points=credit, expires_at=ripe.expires_at)])
+    return _set(
+        account,
+        lots=lots,
+        pending=pending,
+        debt=account.debt + points.debt,
+        lifetime_earned=account.lifetime_earned + points.lifetime_earned,
+        redeemed=account.redeemed + points.redeemed,
+        expired=account.expired + points.expired,
+        reversed=account.reversed + points.reversed,
+        adjusted=account.adjusted + points.adjusted,
+    )
 
 
 def _set(account: Account, **changes: Any) -> Account:
@@ -256,18 +251,6 @@ def _set(account: Account, **changes: Any) -> Account:
     changed = object.__new__(Account)
     changed.__dict__.update(account.__dict__, **changes)
     return changed
-
-
-def _credit(account: Account, lot_id: str, points: int, debt_repaid: int, expires_at: datetime) -> Account:
-    """Points become available: the debt is paid first, the rest opens a lot."""
-    account = _set(account, debt=account.debt - debt_repaid)
-    remaining = points - debt_repaid
-    if remaining <= 0:
-        return account
-    return _set(
-        account,
-        lots=lot_ops.add(account.lots, [LotPoints(lot_id=lot_id, points=remaining, expires_at=expires_at)]),
-    )
 
 
 def _category_spend(items: tuple[PurchaseItem, ...]) -> tuple[tuple[str, int], ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeVar
 
 from schemas.events import LotPoints
 
@@ -22,6 +23,9 @@ class PendingLot:
     points: int
     expires_at: datetime
     matures_at: datetime
+
+
+AnyLot = TypeVar("AnyLot", Lot, PendingLot)
 
 
 def oldest_first(lots: Iterable[Lot]) -> tuple[Lot, ...]:
@@ -59,7 +63,8 @@ def lapse(lots: tuple[Lot, ...], now: datetime) -> tuple[tuple[Lot, ...], tuple[
     return live, lapsed
 
 
-def remove(lots: tuple[Lot, ...], takes: Iterable[LotPoints]) -> tuple[Lot, ...]:
+def remove(lots: tuple[AnyLot, ...], takes: Iterable[LotPoints]) -> tuple[AnyLot, ...]:
+    """Take points out of lots, available or pending, dropping those left empty."""
     taken: dict[str, int] = {}
     for take in takes:
         taken[take.lot_id] = taken.get(take.lot_id, 0) + take.points
@@ -82,6 +87,15 @@ def add(lots: tuple[Lot, ...], returned: Iterable[LotPoints]) -> tuple[Lot, ...]
             else Lot(lot_id=item.lot_id, points=item.points, expires_at=item.expires_at)
         )
     return oldest_first(by_id.values())
+
+
+def mature(pending: tuple[PendingLot, ...], lot_id: str) -> tuple[PendingLot, tuple[PendingLot, ...]]:
+    """The pending lot that matures, and the others. One at a time: logs written before every
+    earning had its own lot can hold two of the same name."""
+    ripe = next(lot for lot in pending if lot.lot_id == lot_id)
+    still = list(pending)
+    still.remove(ripe)
+    return ripe, tuple(still)
 
 
 def split_front(
