@@ -35,6 +35,7 @@ from services.ledger.domain.commands import (
 )
 from services.ledger.domain.decide import decide
 from services.ledger.domain.errors import LedgerError
+from services.ledger.domain.memory import REMEMBERED_FOR
 from tests.reference import model
 from tests.reference.model import ALREADY_DONE, APPLIED
 
@@ -170,7 +171,8 @@ class LedgerAgainstReference(RuleBasedStateMachine):
         self.steps = 0
         self.purchase_ids: list[str] = []
         self.redemption_ids: list[str] = []
-        self.applied: list[Command] = []
+        # Commands decided, with when: a retry is "already done" only within the horizon.
+        self.applied: list[tuple[Command, datetime]] = []
 
     @initialize(program=st.sampled_from(PROGRAMS), amounts=st.lists(AMOUNTS, min_size=1, max_size=3))
     def start(self, program: ProgramRules, amounts: list[int]) -> None:
@@ -194,7 +196,7 @@ class LedgerAgainstReference(RuleBasedStateMachine):
         outcome = self.ledger.run(command, self.program, self.now)
         assert outcome == expected, (type(command).__name__, outcome, expected)
         if outcome != ALREADY_DONE:
-            self.applied.append(command)
+            self.applied.append((command, self.now))
 
     @rule(days=st.integers(0, 120))
     def wait(self, days: int) -> None:
@@ -307,6 +309,13 @@ class LedgerAgainstReference(RuleBasedStateMachine):
         ids = self._ids("cancel")
         chosen = self.redemption_ids[pick % len(self.redemption_ids)] if self.redemption_ids else "r-none"
         command = CancelRedemption(**ids, redemption_id=chosen)
+        if chosen not in self.ledger.account.redemptions and chosen in self.reference.redemptions:
+            # Forgotten (README, "what is remembered"): its command is past the horizon and every
+            # point it took has expired; a cancel now is unknown, as for any id never seen.
+            taken = self.reference.redemptions.pop(chosen).taken
+            assert all(lot.expires_at <= self.now for lot, _ in taken), "forgotten while it mattered"
+            self._run(command, "unknown_redemption")
+            return
         self._run(command, self.reference.cancel(chosen, self.now))
 
     @rule(points=st.one_of(st.integers(1, 3000), PERCENTS.map(lambda percent: -percent)))
@@ -330,10 +339,13 @@ class LedgerAgainstReference(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.applied))
     @rule(pick=st.integers(0, 1000))
     def retry(self, pick: int) -> None:
-        """A command delivered again, with its own command id: it was decided once."""
-        command = self.applied[pick % len(self.applied)]
+        """A command delivered again, with its own command id, within the horizon its outcome is
+        remembered for: it was decided once."""
+        recent = [command for command, at in self.applied if at > self.now - REMEMBERED_FOR]
+        if not recent:
+            return
         self.now += timedelta(seconds=1)
-        assert self.ledger.run(command, self.program, self.now) == ALREADY_DONE
+        assert self.ledger.run(recent[pick % len(recent)], self.program, self.now) == ALREADY_DONE
 
     @rule(program=st.sampled_from(PROGRAMS))
     def change_rules(self, program: ProgramRules) -> None:
