@@ -27,8 +27,9 @@ def test_a_restarted_processor_continues_each_members_chain(isolated: Isolated, 
 
     # Sent while no processor runs, so only the restarted one can record them.
     for member in members:
-        for purchase_id in ("o-1", "o-2"):  # o-1 again: the restored state remembers it
-            send_purchase(settings, member, purchase_id, "4")
+        # o-1 again, as sent before: the restored state remembers it, so nothing is appended.
+        for purchase_id, amount in (("o-1", "3"), ("o-2", "4")):
+            send_purchase(settings, member, purchase_id, amount)
     running.start(Processor(settings, ProgramRules()).run)
     for member in members:
         events = await_events(settings, member, 5)
