@@ -34,7 +34,6 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 from kafka import KafkaConsumer, TopicPartition
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.end_to_end import measure
-from bench.stack import RunningStack, loyalty_run
+from bench.stack import RunningStack, loyalty_run, wait_ready
 from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
 from services.serving import ServingSettings
@@ -56,7 +55,7 @@ def bare_app() -> Starlette:
     async def constant(_: Request) -> Response:
         return Response(BARE_BODY, media_type="application/json")
 
-    return Starlette(routes=[Route("/bare", constant)])
+    return Starlette(routes=[Route("/bare", constant), Route("/readyz", constant)])
 
 
 def vegeta() -> str:
@@ -133,17 +132,8 @@ def ceiling(seconds: float) -> None:
         )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/bare").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("the bare app did not start")
-            time.sleep(0.2)
-        results = attack([{"method": "GET", "url": f"{base}/bare"}], 5000, seconds)
+        wait_ready(base, servers=[server])
+        results = attack([{"method": "GET", "url": f"{base}/bare"}], 8000, seconds)
         served = sum(1 for result in results if result["code"] == 200)
         print(f"bare app ({workers} workers), same client, same run: {served / seconds:,.0f} served/s")
     finally:

@@ -64,9 +64,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(Problem(exc.status_code, "http_error", str(exc.detail)))
 
     async def on_busy(_: Request, exc: Exception) -> JSONResponse:
-        busy = Problem(503, "busy", "No database connection was free in time", type(exc).__name__)
-        busy.headers["Retry-After"] = "1"
-        return problem_response(busy)
+        return problem_response(
+            Problem(503, "busy", "No database connection was free in time", type(exc).__name__)
+        )
 
     async def on_unavailable(_: Request, exc: Exception) -> JSONResponse:
         """Postgres or Kafka unreachable (a restart, a failover): clients retry, the services reconnect."""

@@ -14,14 +14,13 @@ import os
 import tempfile
 import time
 
-import orjson
 import uvicorn
 from prometheus_client import Counter
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.problems import PROBLEM_BASE
+from services.problems import Problem, problem_response
 
 # Probes and scrapes are never shed: an overloaded API must still say so.
 UNGATED = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -99,13 +98,13 @@ class Admission:
             self._lateness = asyncio.get_running_loop().create_task(self._watch_lateness())
         if self._late_s > self._budget_s:
             self._shed.inc()
-            await _overloaded(send)
+            await _OVERLOADED(scope, receive, send)
             return
         if not self._slots.locked():
             await self._slots.acquire()  # a free turn: taken at once
         elif not await self._wait_for_turn():
             self._shed.inc()
-            await _overloaded(send)
+            await _OVERLOADED(scope, receive, send)
             return
         turn = scope[TURN] = _Turn(self)
         try:
@@ -140,29 +139,15 @@ class Admission:
         self._slots.release()
 
 
-_OVERLOADED = orjson.dumps(
-    {
-        "type": PROBLEM_BASE + "overloaded",
-        "title": "The service is at capacity",
-        "status": 503,
-        "detail": "no turn was free within the queue budget; retry after the given delay",
-    }
-)
-
-
-async def _overloaded(send: Send) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(_OVERLOADED)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
+# One response for every shed request: made once, so shedding stays cheap.
+_OVERLOADED = problem_response(
+    Problem(
+        503,
+        "overloaded",
+        "The service is at capacity",
+        "no turn was free within the queue budget; retry after the given delay",
     )
-    await send({"type": "http.response.body", "body": _OVERLOADED})
+)
 
 
 def serve(factory: str, host: str, port: int, settings: ServingSettings) -> None:

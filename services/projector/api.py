@@ -199,13 +199,11 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
                 if await queries.stream_sequence(conn, stream) >= sequence:
                     return
             if time.monotonic() >= deadline:
-                raise _retry_later(
-                    Problem(
-                        503,
-                        "position_not_applied",
-                        "The read models have not applied that position yet",
-                        f"still behind after {settings.read_wait_s:g} s",
-                    )
+                raise Problem(
+                    503,
+                    "position_not_applied",
+                    "The read models have not applied that position yet",
+                    f"still behind after {settings.read_wait_s:g} s",
                 )
             await asyncio.sleep(POLL_INTERVAL_S)
 
@@ -445,11 +443,6 @@ def create_app(settings: ProjectorSettings) -> FastAPI:
         return Health(status="ready", lag=lag)
 
     return app
-
-
-def _retry_later(problem: Problem) -> Problem:
-    problem.headers["Retry-After"] = "1"
-    return problem
 
 
 def _aware(moment: datetime | None) -> datetime | None:
