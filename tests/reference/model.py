@@ -82,6 +82,7 @@ class Purchase:
     expired: int = 0
     bonuses: dict[str, Fraction] = field(default_factory=dict)
     lot: Lot | None = None
+    refund_ids: set[str] = field(default_factory=set)
 
     def weight(self, category: str) -> Fraction:
         return self.bonuses.get(category, Fraction(1))
@@ -227,7 +228,10 @@ class Member:
         if self.next_evaluation is not None:
             needed.append(add_months(self.next_evaluation, -rules.qualifying_window_months))
         self.horizon = max(min(needed), self.horizon or min(needed))
-        self.remembered = {k: p for k, p in self.remembered.items() if p.occurred_at >= self.horizon}
+        forgotten = [p for p in self.remembered.values() if p.occurred_at < self.horizon]
+        for gone in forgotten:  # a refund id is remembered as long as its purchase
+            self.refund_ids -= gone.refund_ids
+            del self.remembered[gone.purchase_id]
         bought = Purchase(purchase_id, amount, occurred_at, items)
         self.history.append(bought)
         self.remembered[purchase_id] = bought
@@ -299,6 +303,7 @@ class Member:
             return "refund_exceeds_purchase"
         self._expire_due(occurred_at)
         self.refund_ids.add(refund_id)
+        bought.refund_ids.add(refund_id)
         bought.refunded += amount
         points = self._to_reverse(bought, amount, unrefunded, items)
         if points == 0:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, assert_never, cast
+from typing import Any, TypeVar, assert_never, cast
 
 from schemas.canonical import GENESIS_HASH
 from schemas.effects import NO_EFFECT, Effect, effect
@@ -170,7 +170,7 @@ def _apply(account: Account, event: Event) -> Account:
             return _set(account, purchases=kept, refunds=refunds, forgotten_before=data.forget_before)
         case PointsEarned():
             account = _update_purchase(account, data.purchase_id, earned=data.points)
-            purchase = replace(
+            purchase = _set(
                 account.purchases[data.purchase_id],
                 lot_id=data.lot_id,
                 bonuses=tuple(data.rule.category_bonuses.items()),
@@ -178,7 +178,7 @@ def _apply(account: Account, event: Event) -> Account:
             return _set(account, purchases={**account.purchases, data.purchase_id: purchase})
         case PurchaseRefunded():
             purchase = account.purchases[data.purchase_id]
-            refunded = replace(
+            refunded = _set(
                 purchase,
                 refunded_minor=data.refunded_total_minor,
                 refund_ids=(*purchase.refund_ids, data.refund_id),
@@ -193,7 +193,7 @@ def _apply(account: Account, event: Event) -> Account:
             redemption = Redemption(command_id=event.command_id, points=data.points, from_lots=data.from_lots)
             return _set(account, redemptions={**account.redemptions, data.redemption_id: redemption})
         case RedemptionCancelled():
-            cancelled = replace(account.redemptions[data.redemption_id], cancelled=True)
+            cancelled = _set(account.redemptions[data.redemption_id], cancelled=True)
             return _set(account, redemptions={**account.redemptions, data.redemption_id: cancelled})
         case PointsAdjusted():
             return _set(account, adjustments={**account.adjustments, data.adjustment_id: event.command_id})
@@ -246,10 +246,13 @@ def _move(account: Account, change: Effect) -> Account:
     )
 
 
-def _set(account: Account, **changes: Any) -> Account:
+T = TypeVar("T", Account, Purchase, Redemption)
+
+
+def _set(record: T, **changes: Any) -> T:
     """`dataclasses.replace` without re-running `__init__`: evolve is on the processor's hot path."""
-    changed = object.__new__(Account)
-    changed.__dict__.update(account.__dict__, **changes)
+    changed = object.__new__(type(record))
+    changed.__dict__.update(record.__dict__, **changes)
     return changed
 
 
@@ -269,13 +272,13 @@ def _expire_purchases(account: Account, lapsed: tuple[LotPoints, ...]) -> Accoun
     purchases = dict(account.purchases)
     for purchase_id, points in found:
         purchase = purchases[purchase_id]
-        purchases[purchase_id] = replace(purchase, points_expired=purchase.points_expired + points)
+        purchases[purchase_id] = _set(purchase, points_expired=purchase.points_expired + points)
     return _set(account, purchases=purchases)
 
 
 def _update_purchase(account: Account, purchase_id: str, earned: int = 0, reversed_: int = 0) -> Account:
     purchase = account.purchases[purchase_id]
-    updated = replace(
+    updated = _set(
         purchase,
         points_earned=purchase.points_earned + earned,
         points_reversed=purchase.points_reversed + reversed_,

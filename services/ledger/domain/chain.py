@@ -59,8 +59,9 @@ def seal_with_bytes(
         }
         data_json = data.model_dump(mode="json")
         digest = event_hash({**envelope, "data": data_json})
-        event = Event.model_validate(
-            {
+        # Built from fields already typed and checked: validating them again is most of the cost.
+        event = Event.model_construct(
+            **{
                 **envelope,
                 "occurred_at": command.occurred_at,
                 "recorded_at": recorded_at,
