@@ -177,8 +177,7 @@ def _ledger_api() -> int:
     from services.serving import serve
 
     settings = LedgerSettings()
-    serve("services.ledger.api:app_from_env", settings.ledger_host, settings.ledger_port, settings)
-    return 0
+    return serve("services.ledger.api:app_from_env", settings.ledger_host, settings.ledger_port, settings)
 
 
 def _read_api() -> int:
@@ -186,8 +185,7 @@ def _read_api() -> int:
     from services.serving import serve
 
     settings = ProjectorSettings()
-    serve("services.projector.api:app_from_env", settings.read_host, settings.read_port, settings)
-    return 0
+    return serve("services.projector.api:app_from_env", settings.read_host, settings.read_port, settings)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -10,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
-from psycopg_pool import PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,11 @@ def problem_response(problem: Problem) -> JSONResponse:
     )
 
 
-def install_problem_handlers(app: FastAPI) -> None:
+def install_problem_handlers(app: FastAPI, pools: Sequence[AsyncConnectionPool[Any]] = ()) -> None:
+    """Map errors to problem responses. `pools`: checked when a request meets a lost database
+    connection, so that after a Postgres restart the broken connections go at once rather than
+    one failed request each."""
+
     async def on_problem(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
         return problem_response(exc)
@@ -71,6 +76,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_unavailable(_: Request, exc: Exception) -> JSONResponse:
         """Postgres or Kafka unreachable (a restart, a failover): clients retry, the services reconnect."""
         what = "database" if isinstance(exc, psycopg.OperationalError) else "log"
+        if what == "database":
+            for pool in pools:
+                await pool.check()
         return problem_response(
             Problem(503, f"{what}_unavailable", f"The {what} is unavailable", type(exc).__name__)
         )

@@ -169,7 +169,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
             await guard.close()
 
     app = FastAPI(title="Loyalty ledger: command API", version="1", lifespan=lifespan)
-    install_problem_handlers(app)
+    install_problem_handlers(app, [guard.pool])
     install_body_limit(app, settings.max_body_bytes)
     install_http_metrics(app, "ledger-api", settings)
 

@@ -1,12 +1,20 @@
-"""The read API as `loyalty read-api` runs it: several worker processes, one sum in /metrics."""
+"""The read API as `loyalty read-api` runs it: several worker processes, each listening with a
+socket of its own, one sum in /metrics."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from localinfra.process import reserved_ports
 from tests.conftest import Isolated
@@ -15,30 +23,109 @@ from tests.integration.serving import ready, spawn
 REQUESTS = 60
 
 
-def test_metrics_add_up_every_worker(isolated: Isolated, tmp_path: Path) -> None:
+@contextmanager
+def _read_api(isolated: Isolated, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`loyalty read-api` with two workers, once ready."""
     with reserved_ports(1) as (port,):
         server = spawn(
-            "read-api",
-            {**isolated.env, "LOYALTY_READ_PORT": str(port), "LOYALTY_API_WORKERS": "2"},
-            tmp_path / "read-api.log",
+            "read-api", {**isolated.env, "LOYALTY_READ_PORT": str(port), "LOYALTY_API_WORKERS": "2"}, log
         )
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while not ready(base):
-            assert server.poll() is None, (tmp_path / "read-api.log").read_text()
-            assert time.monotonic() < deadline, "the read API did not become ready"
-            time.sleep(0.2)
-        workers = [line for line in _children(server.pid) if "spawn_main" in line]
-        assert len(workers) == 2, "two worker processes serve the API"
-        for index in range(REQUESTS):  # a connection each: the workers share the listening socket
+        _wait_ready(f"http://127.0.0.1:{port}", server, log)
+        yield server, port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not ready(base):
+        assert server.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the read API did not become ready"
+        time.sleep(0.2)
+
+
+def test_metrics_add_up_every_worker(isolated: Isolated, tmp_path: Path) -> None:
+    with _read_api(isolated, tmp_path / "read-api.log") as (server, port):
+        base = f"http://127.0.0.1:{port}"
+        assert len(_workers(server.pid)) == 2, "two worker processes serve the API"
+        for index in range(REQUESTS):  # a connection each, dealt out among the workers
             answer = httpx.get(f"{base}/v1/members/m-{index}", headers=isolated.headers)
             assert answer.status_code == 404
         counts = {_count(httpx.get(f"{base}/metrics").text) for _ in range(6)}
         assert counts == {REQUESTS}, "every scrape adds up both workers' requests"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+def test_a_burst_of_connections_is_dealt_out_among_the_workers(isolated: Isolated, tmp_path: Path) -> None:
+    """A client opening its connections at once does not pile them all on one worker."""
+    with _read_api(isolated, tmp_path / "read-api.log") as (server, port):
+        clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}") for _ in range(CONNECTIONS)]
+        try:
+            for client in clients:  # each holds its connection open after its request
+                assert client.get("/healthz").status_code == 200
+            held = {pid: _connections(pid, port) for pid in _workers(server.pid)}
+        finally:
+            for client in clients:
+                client.close()
+    assert sum(held.values()) == CONNECTIONS, held
+    assert all(count > 0 for count in held.values()), f"every worker holds some connections: {held}"
+
+
+def test_a_worker_that_dies_is_replaced(isolated: Isolated, tmp_path: Path) -> None:
+    with _read_api(isolated, tmp_path / "read-api.log") as (server, port):
+        victim, survivor = _workers(server.pid)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(workers := _workers(server.pid)) < 2 or victim in workers:
+            assert time.monotonic() < deadline, "no worker took the dead one's place"
+            time.sleep(0.2)
+        assert survivor in workers
+        _wait_ready(f"http://127.0.0.1:{port}", server, tmp_path / "read-api.log")
+        for _ in range(CONNECTIONS):  # new connections reach both workers again, the new one too
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert server.poll() is None
+
+
+def test_a_port_already_in_use_is_refused_not_shared(isolated: Isolated, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "read-api.log"
+        server = spawn("read-api", {**isolated.env, "LOYALTY_READ_PORT": str(port)}, log)
+        try:
+            assert server.wait(timeout=60) != 0
+        except subprocess.TimeoutExpired:
+            server.kill()
+            pytest.fail("the read API started on a port another server listens on")
+    assert "Address already in use" in log.read_text()
+
+
+CONNECTIONS = 24
+
+
+def _workers(pid: int) -> list[int]:
+    return [int(line.split()[0]) for line in _children(pid) if "spawn_main" in line]
+
+
+def _connections(pid: int, port: int) -> int:
+    """Established TCP connections on `port` that process `pid` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:
+            found += 1
+    return found
 
 
 def _count(scrape: str) -> int:

@@ -148,3 +148,27 @@ async def _while_the_event_loop_runs_late_new_requests_are_shed() -> None:
         caught_up = await client.get("/takes", params={"seconds": 0})
     assert late.status_code == 503
     assert caught_up.status_code == 200
+
+
+def test_while_the_queue_stands_a_request_waits_only_briefly() -> None:
+    asyncio.run(_while_the_queue_stands_a_request_waits_only_briefly())
+
+
+async def _while_the_queue_stands_a_request_waits_only_briefly() -> None:
+    app, gate = _app(limit=1, budget_ms=5000)
+    async with _client(app) as client:
+        # Forty turns of 10 ms queued at once: the queue does not empty for 400 ms.
+        load = [asyncio.create_task(client.get("/takes", params={"seconds": 0.01})) for _ in range(40)]
+        await asyncio.sleep(0.25)
+        started = time.monotonic()
+        async with asyncio.timeout(2):  # queued for the whole budget, it would wait for the gate
+            shed = await client.get("/slow")
+        waited = time.monotonic() - started
+        served = await asyncio.gather(*load)
+        await asyncio.sleep(0.15)
+        after = await client.get("/takes", params={"seconds": 0})
+        gate.set()
+    assert [r.status_code for r in served] == [200] * 40, "requests queued in a burst wait out the budget"
+    assert shed.status_code == 503, "a standing queue is not joined for the whole budget"
+    assert waited < 0.1
+    assert after.status_code == 200, "once the queue has emptied, requests are served again"
