@@ -1,4 +1,5 @@
-"""Fixes for kafka-python 3.0.12: its group membership, and closing a producer the broker cannot reach.
+"""Fixes for kafka-python 3.0.12: its group membership, closing a producer the broker cannot
+reach, and sending a transaction's offsets without blocking.
 
 Group membership (installed by every group consumer we run):
 
@@ -15,9 +16,12 @@ the flag stays set until the join completes.
 
 from __future__ import annotations
 
-from kafka import KafkaProducer
+from typing import Protocol
+
+from kafka import KafkaProducer, TopicPartition
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaTimeoutError
+from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 
 _need_rejoin = ConsumerCoordinator.need_rejoin
 
@@ -50,3 +54,22 @@ def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
         producer._sender.force_close()  # fails the pending records and ends the I/O thread
         producer._sender.join(timeout_s)
         producer.close(timeout=0)
+
+
+class OffsetsSent(Protocol):
+    def wait(self, timeout_ms: int | None = None) -> bool: ...
+
+
+def start_sending_offsets(
+    producer: KafkaProducer, offsets: dict[TopicPartition, OffsetAndMetadata], group: ConsumerGroupMetadata
+) -> OffsetsSent:
+    """`send_offsets_to_transaction` without waiting for it: `wait()` on the result before committing.
+
+    kafka-python 3.0.12 blocks in it for two round trips (AddOffsetsToTxn, then TxnOffsetCommit),
+    which under a 200 commands/s load took a median 21 ms per transaction while the processor
+    sat idle. Started as the transaction begins, they run while its records are decided; the
+    public call is that same request and a wait.
+    """
+    result: OffsetsSent = producer._transaction_manager.send_offsets_to_transaction(offsets, group)
+    producer._sender.wakeup()
+    return result

@@ -40,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
 from services import collector
-from services.kafka_compat import close_producer, keep_rejoin_requested
+from services.kafka_compat import close_producer, keep_rejoin_requested, start_sending_offsets
 from services.ledger.command_messages import (
     CommandReply,
     InvalidRecord,
@@ -290,6 +290,9 @@ class Processor:
                 self._fence({partition_for(PROGRAM_STREAM, self.partitions)}, consumed)
             announced = self._announce()
             self._fence(announced, consumed)
+            # The offsets go while the batch is decided; sent again if the batch ends early.
+            group, planned = self._consumer.group_metadata(), dict(consumed)
+            offsets = start_sending_offsets(self._producer, planned, group) if planned else None
             rewind, handled = self._handle_all(records, batch, consumed)
             state = self._state_changes(batch, consumed)
             written = {
@@ -299,8 +302,10 @@ class Processor:
                 for partition, changes in state.items()
             }
             decided = time.perf_counter()
-            if consumed:
-                self._producer.send_offsets_to_transaction(consumed, self._consumer.group_metadata())
+            if offsets is not None:
+                offsets.wait()
+            if consumed != planned:
+                self._producer.send_offsets_to_transaction(consumed, group)
             offsets_sent = time.perf_counter()
             self._check_sent()
             self._producer.commit_transaction()
