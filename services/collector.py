@@ -10,8 +10,12 @@ a cycle made during a batch is still collected soon after.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# Young collections count towards a full one; past this many, never: `FullCollections` runs them.
+_NEVER = 2**30
 
 
 @contextmanager
@@ -34,3 +38,34 @@ def freeze_survivors() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+class FullCollections:
+    """Full collections at a time of the service's choosing, at most once per `every_s`.
+
+    A full collection walks everything the service holds: in the processor, with 2,000 accounts
+    cached, 150 to 270 ms, a stall every command in flight waited out, every few seconds under
+    load (the interpreter runs one each time a quarter more objects have survived). Young
+    collections still run as usual and free the short-lived cycles; what reaches the oldest
+    generation waits for `collect_if_due`, so a cycle among long-lived objects is freed within
+    `every_s` instead of at once.
+    """
+
+    def __init__(self, every_s: float) -> None:
+        self._every_s = every_s
+        self._next = time.monotonic() + every_s
+        self._thresholds = gc.get_threshold()
+
+    def __enter__(self) -> FullCollections:
+        young, middle, _ = self._thresholds
+        gc.set_threshold(young, middle, _NEVER)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.set_threshold(*self._thresholds)
+
+    def collect_if_due(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        gc.collect()
+        self._next = time.monotonic() + self._every_s

@@ -76,6 +76,8 @@ RECORD_ERRORS = (
 )
 
 
+# How often the cycle collector walks the accounts held (services.collector.FullCollections).
+FULL_COLLECTION_EVERY_S = 300.0
 # The fewest records a poll asks for, however slow the last batch was.
 MIN_BATCH = 100
 # Waits before a new producer is tried again while the broker is away: doubling up to the last.
@@ -193,9 +195,12 @@ class Processor:
             self.partitions = self._partition_count()
             self._producer.init_transactions()
             log.info("processor started", extra={"transactional_id": self._settings.transactional_id})
-            while not stop.is_set():
-                with collector.paused():
-                    self._step()
+            collector.freeze_survivors()
+            with collector.FullCollections(FULL_COLLECTION_EVERY_S) as full_collections:
+                while not stop.is_set():
+                    with collector.paused():
+                        self._step()
+                    full_collections.collect_if_due()
         finally:
             self._restore.close()
             self._consumer.close()

@@ -226,9 +226,7 @@ def _move(account: Account, change: Effect) -> Account:
         opening = PendingLot(opened.lot_id, opened.points, opened.expires_at, opened.matures_at)
         pending = lot_ops.by_maturity((*pending, opening))
     elif opened is not None:
-        lots = lot_ops.add(
-            lots, [LotPoints(lot_id=opened.lot_id, points=opened.points, expires_at=opened.expires_at)]
-        )
+        lots = lot_ops.opened(lots, Lot(opened.lot_id, opened.points, opened.expires_at))
     if matured is not None:
         ripe, pending = lot_ops.mature(pending, matured.lot_id)
         credit = matured.points - matured.debt_repaid

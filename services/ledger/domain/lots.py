@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -29,7 +30,7 @@ AnyLot = TypeVar("AnyLot", Lot, PendingLot)
 
 
 def oldest_first(lots: Iterable[Lot]) -> tuple[Lot, ...]:
-    return tuple(sorted(lots, key=lambda lot: (lot.expires_at, lot.lot_id)))
+    return tuple(sorted(lots, key=_oldest_first_key))
 
 
 def by_maturity(lots: Iterable[PendingLot]) -> tuple[PendingLot, ...]:
@@ -72,6 +73,21 @@ def remove(lots: tuple[AnyLot, ...], takes: Iterable[LotPoints]) -> tuple[AnyLot
         replace(lot, points=lot.points - taken[lot.lot_id]) if lot.lot_id in taken else lot for lot in lots
     )
     return tuple(lot for lot in kept if lot.points > 0)
+
+
+def opened(lots: tuple[Lot, ...], lot: Lot) -> tuple[Lot, ...]:
+    """The lots with a new one in its place: one insertion, where an earning opens a lot each."""
+    if any(known.lot_id == lot.lot_id for known in lots):
+        return add(lots, [LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)])
+    if lot.points <= 0:
+        return lots
+    ordered = list(lots)
+    insort(ordered, lot, key=_oldest_first_key)
+    return tuple(ordered)
+
+
+def _oldest_first_key(lot: Lot) -> tuple[datetime, str]:
+    return lot.expires_at, lot.lot_id
 
 
 def add(lots: tuple[Lot, ...], returned: Iterable[LotPoints]) -> tuple[Lot, ...]:

@@ -19,8 +19,13 @@ class Window:
 def window_at(purchases: dict[str, Purchase], moment: datetime, rules: ProgramRules) -> Window:
     """Qualifying spend and purchase count in (moment - window, moment]; refunded spend does not count."""
     start = add_months(moment, -rules.qualifying_window_months)
-    counted = [p for p in purchases.values() if start < p.occurred_at <= moment and p.qualifying_minor > 0]
-    return Window(spend_minor=sum(p.qualifying_minor for p in counted), purchases=len(counted))
+    spend, count = 0, 0
+    for p in purchases.values():  # one pass: this runs over every remembered purchase, per purchase
+        qualifying = p.amount_minor - p.refunded_minor
+        if qualifying > 0 and start < p.occurred_at <= moment:
+            spend += qualifying
+            count += 1
+    return Window(spend_minor=spend, purchases=count)
 
 
 def qualified_index(window: Window, rules: ProgramRules) -> int:

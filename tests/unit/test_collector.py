@@ -1,0 +1,43 @@
+"""Full collections run when the service says, not whenever enough objects have survived."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from services.collector import FullCollections
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def full_collections_so_far() -> int:
+    return int(gc.get_stats()[2]["collections"])
+
+
+def test_the_interpreter_runs_no_full_collection_of_its_own_meanwhile() -> None:
+    before = gc.get_threshold()
+    with FullCollections(every_s=3600):
+        first = full_collections_so_far()
+        survivors = [[index] for index in range(300_000)]  # far past a quarter of what lives
+        assert full_collections_so_far() == first
+        assert gc.get_threshold()[:2] == before[:2], "young collections as before"
+    assert gc.get_threshold() == before, "the thresholds are given back"
+    del survivors
+
+
+def test_a_cycle_among_long_lived_objects_is_freed_once_a_full_collection_is_due() -> None:
+    with FullCollections(every_s=3600) as waiting, FullCollections(every_s=0) as due:
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        gone = weakref.ref(a)
+        gc.collect(1)
+        gc.collect(1)  # both now in the oldest generation, where young collections do not look
+        del a, b
+        gc.collect(1)
+        waiting.collect_if_due()
+        assert gone() is not None, "not due: the cycle waits"
+        due.collect_if_due()
+        assert gone() is None
