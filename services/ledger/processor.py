@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -519,7 +520,9 @@ class Processor:
             return True
         except LedgerError as error:
             decided = [CommandRejected(command=type(command).__name__, code=error.code, detail=error.detail)]
-        account, events = self._append(batch, partition, account, command, decided, _timestamp(record))
+        account, events, documents = self._append(
+            batch, partition, account, command, decided, _timestamp(record)
+        )
         if replying:
             rejected = next((e.data for e in events if isinstance(e.data, CommandRejected)), None)
             self._reply(
@@ -527,7 +530,7 @@ class Processor:
                 account,
                 command,
                 "rejected" if rejected else "applied",
-                events=events,
+                events=documents,
                 code=rejected.code if rejected else None,
                 detail=rejected.detail if rejected else None,
             )
@@ -593,10 +596,11 @@ class Processor:
         command: Command,
         decided: list[EventData],
         recorded_at: datetime,
-    ) -> tuple[Account, list[Event]]:
+    ) -> tuple[Account, list[Event], list[bytes]]:
+        """The account after the events, the events, and each as the bytes written to the log."""
         sealed = seal_with_bytes(account, command, decided, self._rules.version, recorded_at)
         self._write(batch, partition, *sealed)
-        return sealed[0], sealed[1]
+        return sealed
 
     def _write(
         self, batch: _Batch, partition: int, account: Account, events: list[Event], raw: list[bytes]
@@ -612,23 +616,24 @@ class Processor:
         account: Account,
         command: Command,
         status: ReplyStatus,
-        events: list[Event] | None = None,
+        events: list[bytes] | None = None,
         **details: str | None,
     ) -> None:
+        """`events`: the command's events as written to the log, put in the reply as they are
+        rather than serialised again."""
         reply = CommandReply(
             command_id=command.command_id,
             member_id=command.member_id,
             status=status,
-            events=[event.document() for event in events or ()],
+            events=[],
             sequence=account.sequence,
             available=account.available,
             pending=account.pending_points,
             tier=account.tier,
             **details,
-        )
-        self._send(
-            self._settings.topic_replies, partition, command.member_id, reply.model_dump_json().encode()
-        )
+        ).model_dump()
+        reply["events"] = [orjson.Fragment(document) for document in events or ()]
+        self._send(self._settings.topic_replies, partition, command.member_id, orjson.dumps(reply))
 
     def _send(self, topic: str, partition: int, key: str, value: bytes | None) -> FutureRecordMetadata:
         return self._produce(topic, key=key.encode(), value=value, partition=partition)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from schemas.events import Event
 from schemas.position import decode_position
 from schemas.rules import CategoryBonus, ProgramRules
 from services.ledger.api import create_app
@@ -44,6 +45,9 @@ def test_a_purchase_answers_with_events_balance_tier_and_position(ledger: TestCl
     assert outcome["tier"] == "silver"
     assert outcome["balance"] == {"available": 2000, "pending": 0}
     assert decode_position(outcome["position"]) == ("m-1", 4)
+    events = [Event.model_validate(document) for document in outcome["events"]]
+    assert all(event.hash_is_valid() for event in events), "whole events, as the log has them"
+    assert [event.sequence for event in events] == [1, 2, 3, 4]
 
 
 def test_refunds_reverse_points_in_proportion(ledger: TestClient) -> None:
