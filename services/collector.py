@@ -10,6 +10,7 @@ a cycle made during a batch is still collected soon after.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,18 +52,30 @@ class FullCollections:
     `every_s` instead of at once.
     """
 
+    # The thresholds are the process's: the first to enter sets them, the last to leave gives
+    # them back (several processors can run in one process, each on a thread, as in the tests).
+    _lock = threading.Lock()
+    _inside = 0
+    _given: tuple[int, ...] = ()
+
     def __init__(self, every_s: float) -> None:
         self._every_s = every_s
         self._next = time.monotonic() + every_s
-        self._thresholds = gc.get_threshold()
 
     def __enter__(self) -> FullCollections:
-        young, middle, _ = self._thresholds
-        gc.set_threshold(young, middle, _NEVER)
+        with FullCollections._lock:
+            if FullCollections._inside == 0:
+                FullCollections._given = gc.get_threshold()
+                young, middle, _ = FullCollections._given
+                gc.set_threshold(young, middle, _NEVER)
+            FullCollections._inside += 1
         return self
 
     def __exit__(self, *_: object) -> None:
-        gc.set_threshold(*self._thresholds)
+        with FullCollections._lock:
+            FullCollections._inside -= 1
+            if FullCollections._inside == 0:
+                gc.set_threshold(*FullCollections._given)
 
     def collect_if_due(self) -> None:
         if time.monotonic() < self._next:

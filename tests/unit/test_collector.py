@@ -28,6 +28,17 @@ def test_the_interpreter_runs_no_full_collection_of_its_own_meanwhile() -> None:
     del survivors
 
 
+def test_overlapping_users_give_the_thresholds_back_when_the_last_leaves() -> None:
+    before = gc.get_threshold()
+    first, second = FullCollections(every_s=60), FullCollections(every_s=60)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold()[2] != before[2], "the second still runs its own"
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
+
+
 def test_a_cycle_among_long_lived_objects_is_freed_once_a_full_collection_is_due() -> None:
     with FullCollections(every_s=3600) as waiting, FullCollections(every_s=0) as due:
         a, b = Node(), Node()
