@@ -8,6 +8,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DAY_MS = 24 * 60 * 60 * 1000
 
 
+# The inputs' records are stamped by the broker as they are appended: the processor judges a
+# purchase's date against when it reached the log, which no publisher's clock may decide (one set
+# a year back made today's purchases look a year ahead).
+INPUT_STAMP = {"message.timestamp.type": "LogAppendTime"}
+
+
 class KafkaSettings(BaseSettings):
     """Kafka endpoint and topic names (env LOYALTY_*), shared by every service's settings."""
 
@@ -27,8 +33,16 @@ class KafkaSettings(BaseSettings):
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Every topic with the configs of DESIGN.md."""
         return {
-            self.topic_purchases: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
-            self.topic_commands: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+            self.topic_purchases: {
+                **INPUT_STAMP,
+                "cleanup.policy": "delete",
+                "retention.ms": str(7 * DAY_MS),
+            },
+            self.topic_commands: {
+                **INPUT_STAMP,
+                "cleanup.policy": "delete",
+                "retention.ms": str(7 * DAY_MS),
+            },
             self.topic_events: {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
             # About one record per live key: segments roll hourly or at 64 MiB (only closed ones
             # are compacted), the cleaner runs once a tenth of the log is dirty, and tombstones

@@ -8,16 +8,18 @@ import logging
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from schemas.topics import KafkaSettings
+from schemas.topics import INPUT_STAMP, KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
 def ensure_topics(settings: KafkaSettings) -> None:
-    """Create the missing topics; of existing ones, only the changelog's compaction is brought in line.
+    """Create the missing topics; of existing ones, only the changelog's compaction and the
+    inputs' timestamps are brought in line.
 
-    The changelog's settings decide how much a restore from scratch reads, so a changelog created
-    by an earlier version gets them too; the other topics' retention is the operator's to tune.
+    The changelog's settings decide how much a restore from scratch reads, and the inputs' stamp
+    what a purchase's date is judged against, so topics created by an earlier version get them
+    too (the inputs' one config alone: their retention is the operator's to tune).
     """
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="loyalty-topics")
     try:
@@ -34,5 +36,11 @@ def ensure_topics(settings: KafkaSettings) -> None:
         if settings.topic_state in existing:
             compaction = settings.topic_configs()[settings.topic_state]
             admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_state, compaction)])
+        # Both, created now or not: a topic another client made meanwhile was not "missing".
+        inputs = [
+            ConfigResource(ConfigResourceType.TOPIC, topic, INPUT_STAMP)
+            for topic in (settings.topic_purchases, settings.topic_commands)
+        ]
+        admin.alter_configs(inputs, incremental=True)
     finally:
         admin.close()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import signal
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kafka import KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 from schemas.canonical import GENESIS_HASH, event_hash
 from schemas.rules import ProgramRules
@@ -94,6 +95,38 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_the_next_record_applied(
     assert dead.value == value
     assert reason in headers["error.message"].decode()
     assert headers["error.code"] == b"invalid_message"
+
+
+def test_a_purchase_is_judged_by_when_it_reached_the_log_not_by_its_publisher_s_clock(
+    isolated: Isolated, running: Running
+) -> None:
+    settings = isolated.ledger()
+    topic = settings.topic_purchases
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="tests-stamp")
+    try:
+        admin.create_topics([NewTopic(topic, settings.partitions, 1)])  # stamped by the publisher
+        running.start(Processor(settings, ProgramRules()).run)  # brings the topic in line as it starts
+
+        def stamp() -> str | None:
+            wanted = ConfigResource(ConfigResourceType.TOPIC, topic, {"message.timestamp.type": None})
+            [found] = admin.describe_configs([wanted]).values()
+            return found[topic].get("message.timestamp.type", {}).get("value")  # type: ignore[no-any-return]
+
+        eventually(lambda: stamp() == "LogAppendTime", what="the topic stamped by the broker")
+    finally:
+        admin.close()
+    now = datetime.now(UTC)
+    value = json.dumps(purchase("m-7", "o-1", "10.00", occurred_at=now.isoformat())).encode()
+    year_back_ms = int((now - timedelta(days=365)).timestamp() * 1000)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    try:
+        sent = producer.send(topic, key=b"m-7", value=value, timestamp_ms=year_back_ms).get(timeout=10)
+    finally:
+        producer.close()
+    assert sent.timestamp != year_back_ms, "stamped as it was appended"
+    events = await_events(settings, "m-7", 3)
+    assert [e["type"] for e in events] == ["MemberEnrolled", "PurchaseRecorded", "PointsEarned"]
+    assert abs(datetime.fromisoformat(events[1]["recorded_at"]) - now) < timedelta(minutes=5)
 
 
 def test_ticks_expire_lots_and_mature_pending_points(isolated: Isolated, running: Running) -> None:
