@@ -33,9 +33,9 @@ def paused() -> Iterator[None]:
 def freeze_survivors() -> None:
     """Set aside everything alive now, for good: later full collections walk only what came after.
 
-    Called once a service has started (modules, schemas, routes) and after the processor has
-    restored its accounts, the bulk of what it holds. A full collection over all of that took up
-    to 125 ms in the ledger API, a stall every request in flight waited out.
+    Called once a service has started (modules, schemas, routes, Kafka clients). A full collection
+    over all of that took up to 125 ms in the ledger API, a stall every request in flight waited
+    out. The processor's accounts come later and change: `FullCollections` keeps them.
     """
     gc.collect()
     gc.freeze()
@@ -49,7 +49,10 @@ class FullCollections:
     load (the interpreter runs one each time a quarter more objects have survived). Young
     collections still run as usual and free the short-lived cycles; what reaches the oldest
     generation waits for `collect_if_due`, so a cycle among long-lived objects is freed within
-    `every_s` instead of at once.
+    `every_s` instead of at once, and the stall comes once per `every_s`.
+
+    Written for the generational collector of CPython 3.11 (the one this project runs on), whose
+    third threshold decides when a full collection runs.
     """
 
     # The thresholds are the process's: the first to enter sets them, the last to leave gives

@@ -530,7 +530,7 @@ class Processor:
                 account,
                 command,
                 "rejected" if rejected else "applied",
-                events=documents,
+                documents=documents,
                 code=rejected.code if rejected else None,
                 detail=rejected.detail if rejected else None,
             )
@@ -616,10 +616,10 @@ class Processor:
         account: Account,
         command: Command,
         status: ReplyStatus,
-        events: list[bytes] | None = None,
+        documents: list[bytes] | None = None,
         **details: str | None,
     ) -> None:
-        """`events`: the command's events as written to the log, put in the reply as they are
+        """`documents`: the command's events as written to the log, put in the reply as they are
         rather than serialised again."""
         reply = CommandReply(
             command_id=command.command_id,
@@ -631,8 +631,8 @@ class Processor:
             pending=account.pending_points,
             tier=account.tier,
             **details,
-        ).model_dump()
-        reply["events"] = [orjson.Fragment(document) for document in events or ()]
+        ).model_dump(mode="json", exclude={"events"})
+        reply["events"] = [orjson.Fragment(document) for document in documents or ()]
         self._send(self._settings.topic_replies, partition, command.member_id, orjson.dumps(reply))
 
     def _send(self, topic: str, partition: int, key: str, value: bytes | None) -> FutureRecordMetadata:
@@ -664,14 +664,18 @@ class Processor:
         )
 
     def _reroute(self, record: ConsumerRecord, member_id: str, partition: int) -> None:
-        """A publisher keyed the record differently: move it to the member's partition."""
+        """A publisher keyed the record differently: move it to the member's partition.
+
+        The broker stamps it again as it is appended there (the inputs are LogAppendTime), so
+        it reached the log, for its date's checks, when it was moved: no header a publisher could
+        write carries the first time instead.
+        """
         self._produce(
             record.topic,
             key=member_id.encode(),
             value=record.value,
             headers=record.headers or [],
             partition=partition,
-            timestamp_ms=record.timestamp,
         )
 
 

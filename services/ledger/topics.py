@@ -38,9 +38,16 @@ def ensure_topics(settings: KafkaSettings) -> None:
             admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_state, compaction)])
         # Both, created now or not: a topic another client made meanwhile was not "missing".
         inputs = [
-            ConfigResource(ConfigResourceType.TOPIC, topic, INPUT_STAMP)
+            ConfigResource(ConfigResourceType.TOPIC, topic, dict(INPUT_STAMP))
             for topic in (settings.topic_purchases, settings.topic_commands)
         ]
-        admin.alter_configs(inputs, incremental=True)
+        # kafka-python reports a refusal per topic in the result, not by raising.
+        refused = {
+            topic: outcome
+            for topic, outcome in admin.alter_configs(inputs, incremental=True)["topic"].items()
+            if outcome != "OK"
+        }
+        if refused:
+            raise RuntimeError(f"the input topics cannot be stamped by the broker: {refused}")
     finally:
         admin.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from schemas.canonical import GENESIS_HASH
-from schemas.events import Event, EventData
+from schemas.events import Event, EventData, LotPoints
 from schemas.money import from_minor
 from schemas.rules import CategoryBonus, ProgramRules
 from services.ledger import state_records
@@ -29,7 +29,7 @@ from services.ledger.domain.errors import (
     UnknownPurchase,
     UnknownRedemption,
 )
-from services.ledger.domain.lots import oldest_first
+from services.ledger.domain.lots import Lot, add, oldest_first, opened
 from services.ledger.domain.memory import REMEMBERED_FOR
 from tests.unit import ledger_fixtures as make
 from tests.unit.ledger_fixtures import MEMBER, T0
@@ -243,3 +243,27 @@ def test_the_ledger_keeps_its_invariants_over_any_command_sequence(
         member.now += timedelta(days=days)
         getattr(member, str(kind))(f"c-{n}", *args)
     check_log(member.log, member.account)
+
+
+lots_strategy = st.lists(
+    st.builds(
+        Lot,
+        lot_id=st.sampled_from([f"purchase:o-{n}@{n}" for n in range(8)]),
+        points=st.integers(min_value=1, max_value=500),
+        expires_at=st.sampled_from([datetime(2027, month, 1, tzinfo=UTC) for month in (1, 2, 3)]),
+    ),
+    unique_by=lambda lot: lot.lot_id,
+)
+
+
+@given(
+    lots=lots_strategy,
+    lot_id=st.sampled_from([f"purchase:o-{n}@{n}" for n in range(10)]),
+    points=st.integers(min_value=-5, max_value=500),
+    month=st.sampled_from((1, 2, 3)),
+)
+def test_opening_a_lot_is_adding_its_points(lots: list[Lot], lot_id: str, points: int, month: int) -> None:
+    """The earning's fast path gives what giving the points back to their lot gives."""
+    held, expires_at = oldest_first(lots), datetime(2027, month, 1, tzinfo=UTC)
+    returned = LotPoints(lot_id=lot_id, points=points, expires_at=expires_at)
+    assert opened(held, Lot(lot_id, points, expires_at)) == add(held, [returned])

@@ -76,7 +76,9 @@ def remove(lots: tuple[AnyLot, ...], takes: Iterable[LotPoints]) -> tuple[AnyLot
 
 
 def opened(lots: tuple[Lot, ...], lot: Lot) -> tuple[Lot, ...]:
-    """The lots with a new one in its place: one insertion, where an earning opens a lot each."""
+    """`add(lots, [lot])` for lots in `oldest_first` order, as every account keeps them: a new lot
+    is inserted in its place (one insertion, where every earning opens a lot), one already there
+    gets the points, and a lot of no points is not opened."""
     if any(known.lot_id == lot.lot_id for known in lots):
         return add(lots, [LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)])
     if lot.points <= 0:

@@ -21,7 +21,7 @@ def window_at(purchases: dict[str, Purchase], moment: datetime, rules: ProgramRu
     start = add_months(moment, -rules.qualifying_window_months)
     spend, count = 0, 0
     for p in purchases.values():  # one pass: this runs over every remembered purchase, per purchase
-        qualifying = p.amount_minor - p.refunded_minor
+        qualifying = p.qualifying_minor
         if qualifying > 0 and start < p.occurred_at <= moment:
             spend += qualifying
             count += 1
