@@ -32,17 +32,10 @@ class KafkaSettings(BaseSettings):
 
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Every topic with the configs of DESIGN.md."""
+        inputs = {**INPUT_STAMP, "cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
         return {
-            self.topic_purchases: {
-                **INPUT_STAMP,
-                "cleanup.policy": "delete",
-                "retention.ms": str(7 * DAY_MS),
-            },
-            self.topic_commands: {
-                **INPUT_STAMP,
-                "cleanup.policy": "delete",
-                "retention.ms": str(7 * DAY_MS),
-            },
+            self.topic_purchases: inputs,
+            self.topic_commands: dict(inputs),
             self.topic_events: {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1"},
             # About one record per live key: segments roll hourly or at 64 MiB (only closed ones
             # are compacted), the cleaner runs once a tenth of the log is dirty, and tombstones

@@ -47,7 +47,18 @@ def problem_response(problem: Problem) -> JSONResponse:
 def install_problem_handlers(app: FastAPI, pools: Sequence[AsyncConnectionPool[Any]] = ()) -> None:
     """Map errors to problem responses. `pools`: checked when a request meets a lost database
     connection, so that after a Postgres restart the broken connections go at once rather than
-    one failed request each."""
+    one failed request each. One check per pool at a time: during an outage every request fails,
+    and each starting its own would test the same connections again and again."""
+    checking: set[int] = set()
+
+    async def check(pool: AsyncConnectionPool[Any]) -> None:
+        if id(pool) in checking:
+            return
+        checking.add(id(pool))
+        try:
+            await pool.check()
+        finally:
+            checking.discard(id(pool))
 
     async def on_problem(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
@@ -78,7 +89,7 @@ def install_problem_handlers(app: FastAPI, pools: Sequence[AsyncConnectionPool[A
         what = "database" if isinstance(exc, psycopg.OperationalError) else "log"
         if what == "database":
             for pool in pools:
-                await pool.check()
+                await check(pool)
         return problem_response(
             Problem(503, f"{what}_unavailable", f"The {what} is unavailable", type(exc).__name__)
         )

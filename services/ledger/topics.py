@@ -33,21 +33,20 @@ def ensure_topics(settings: KafkaSettings) -> None:
             with contextlib.suppress(TopicAlreadyExistsError):  # another instance was quicker
                 admin.create_topics(missing)
             log.info("topics created", extra={"topics": [topic.name for topic in missing]})
-        if settings.topic_state in existing:
-            compaction = settings.topic_configs()[settings.topic_state]
-            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic_state, compaction)])
-        # Both, created now or not: a topic another client made meanwhile was not "missing".
-        inputs = [
-            ConfigResource(ConfigResourceType.TOPIC, topic, dict(INPUT_STAMP))
-            for topic in (settings.topic_purchases, settings.topic_commands)
+        # Created now or not (a topic another client made meanwhile was not "missing"), and
+        # incrementally: whatever else an operator set on these topics stays.
+        kept = {
+            settings.topic_state: settings.topic_configs()[settings.topic_state],
+            settings.topic_purchases: dict(INPUT_STAMP),
+            settings.topic_commands: dict(INPUT_STAMP),
+        }
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs) for name, configs in kept.items()
         ]
         # kafka-python reports a refusal per topic in the result, not by raising.
-        refused = {
-            topic: outcome
-            for topic, outcome in admin.alter_configs(inputs, incremental=True)["topic"].items()
-            if outcome != "OK"
-        }
+        outcomes = admin.alter_configs(resources, incremental=True)["topic"]
+        refused = {name: outcome for name, outcome in outcomes.items() if outcome != "OK"}
         if refused:
-            raise RuntimeError(f"the input topics cannot be stamped by the broker: {refused}")
+            raise RuntimeError(f"the topics' configs cannot be brought in line: {refused}")
     finally:
         admin.close()
