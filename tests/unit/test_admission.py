@@ -6,8 +6,10 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from fastapi import FastAPI, Request
 
+from services import serving
 from services.http_metrics import install_http_metrics
 from services.serving import ServingSettings, release_turn
 
@@ -150,25 +152,56 @@ async def _while_the_event_loop_runs_late_new_requests_are_shed() -> None:
     assert caught_up.status_code == 200
 
 
-def test_while_the_queue_stands_a_request_waits_only_briefly() -> None:
-    asyncio.run(_while_the_queue_stands_a_request_waits_only_briefly())
+def test_while_the_queue_stands_the_newest_request_is_served_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "STANDING_TIMEOUT_S", 1.0)  # long enough to see the order, not a race
+    asyncio.run(_while_the_queue_stands_the_newest_request_is_served_first())
 
 
-async def _while_the_queue_stands_a_request_waits_only_briefly() -> None:
+async def _while_the_queue_stands_the_newest_request_is_served_first() -> None:
+    app, gate = _app(limit=1, budget_ms=5000)
+    finished: list[str] = []
+
+    async def get(name: str) -> int:
+        answer = await client.get("/takes", params={"seconds": 0})
+        finished.append(name)
+        return answer.status_code
+
+    async with _client(app) as client:
+        held = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.02)
+        older = [asyncio.create_task(get(f"older-{i}")) for i in range(5)]
+        await asyncio.sleep(0.2)  # the queue has not emptied for 200 ms: it stands
+        newest = asyncio.create_task(get("newest"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        statuses = await asyncio.gather(held, newest, *older)
+    assert [getattr(s, "status_code", s) for s in statuses] == [200] * 7
+    assert finished[0] == "newest", f"the newest waiter is given the next turn: {finished}"
+
+
+def test_while_the_queue_stands_no_request_waits_long_for_a_turn() -> None:
+    asyncio.run(_while_the_queue_stands_no_request_waits_long_for_a_turn())
+
+
+async def _while_the_queue_stands_no_request_waits_long_for_a_turn() -> None:
     app, gate = _app(limit=1, budget_ms=5000)
     async with _client(app) as client:
-        # Forty turns of 10 ms queued at once: the queue does not empty for 400 ms.
-        load = [asyncio.create_task(client.get("/takes", params={"seconds": 0.01})) for _ in range(40)]
-        await asyncio.sleep(0.25)
-        started = time.monotonic()
-        async with asyncio.timeout(2):  # queued for the whole budget, it would wait for the gate
-            shed = await client.get("/slow")
-        waited = time.monotonic() - started
-        served = await asyncio.gather(*load)
-        await asyncio.sleep(0.15)
-        after = await client.get("/takes", params={"seconds": 0})
+        held = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.02)
+
+        async def timed() -> tuple[int, float]:
+            started = time.monotonic()
+            answer = await client.get("/takes", params={"seconds": 0})
+            return answer.status_code, time.monotonic() - started
+
+        arrivals = []
+        for _ in range(60):  # a request every 5 ms for 300 ms, none of which can get the turn
+            arrivals.append(asyncio.create_task(timed()))
+            await asyncio.sleep(0.005)
+        async with asyncio.timeout(2):  # held for the budget, they would wait 5 s
+            answers = await asyncio.gather(*arrivals)
         gate.set()
-    assert [r.status_code for r in served] == [200] * 40, "requests queued in a burst wait out the budget"
-    assert shed.status_code == 503, "a standing queue is not joined for the whole budget"
-    assert waited < 0.1
-    assert after.status_code == 200, "once the queue has emptied, requests are served again"
+        assert (await held).status_code == 200
+    assert {status for status, _ in answers} == {503}
+    late = [waited for _, waited in answers[30:]]  # arrived once the queue had stood for 100 ms
+    assert max(late) < 0.5, f"while the queue stands a request waits a few ms, not the budget: {late}"
