@@ -20,6 +20,8 @@ from services.ledger import state_records
 from services.ledger.state_records import Change
 
 SCHEMA_VERSION = "1"
+# Member ids start with a letter or digit; the processor's own keys start with '/', below '0'.
+FIRST_MEMBER_KEY = "0"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -97,6 +99,13 @@ class PartitionStore:
         return self._db.execute(
             "SELECT key, value FROM records WHERE key >= ? AND key < ? ORDER BY key", (low, high)
         ).fetchall()
+
+    def member_from(self, low: str) -> str | None:
+        """The first member whose records start at or after the key `low`; None past the last."""
+        row = self._db.execute(
+            "SELECT key FROM records WHERE key >= ? ORDER BY key LIMIT 1", (max(low, FIRST_MEMBER_KEY),)
+        ).fetchone()
+        return None if row is None else str(row[0]).split("/", 1)[0]
 
     def due(self, until_micros: int) -> list[str]:
         rows = self._db.execute("SELECT member FROM due WHERE at <= ? ORDER BY at", (until_micros,))

@@ -79,6 +79,9 @@ RECORD_ERRORS = (
 
 # How often the cycle collector walks the accounts held (services.collector.FullCollections).
 FULL_COLLECTION_EVERY_S = 300.0
+# How long an idle turn of the loop reads accounts into the cache ahead of use (StateStore.warm):
+# short, as a command arriving meanwhile waits for it.
+WARM_SLICE_S = 0.005
 # The fewest records a poll asks for, however slow the last batch was.
 MIN_BATCH = 100
 # Waits before a new producer is tried again while the broker is away: doubling up to the last.
@@ -157,6 +160,7 @@ class Processor:
         self._restore = Restore(settings, self.store, self._committed_offsets)
         # Restored partitions whose ownership is still to be announced (services.ledger.ownership).
         self._unannounced: set[int] = set()
+        self._warming = False  # accounts of restored partitions are still to be read ahead
         # Consecutive failed transactions, and the records to set aside when read again.
         self._failures = 0
         # What this transaction has sent, each with the input record it was sent for, if any.
@@ -267,9 +271,13 @@ class Processor:
             for partition, offsets in restored.items():
                 self._resume(partition, offsets)
         waiting = self._restore.pending
-        batch = self._consumer.poll(timeout_ms=0 if waiting else 200, max_records=self._fits)
+        batch = self._consumer.poll(timeout_ms=0 if waiting or self._warming else 200, max_records=self._fits)
         if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
+        elif self._warming:
+            self._warming = self.store.warm(WARM_SLICE_S)
+            if not self._warming:
+                log.info("accounts read ahead", extra={"cached": self.store.cached()})
 
     def _resume(self, partition: int, offsets: dict[str, int] | None) -> None:
         """The partition's state is restored: read its inputs from the committed offsets."""
@@ -279,6 +287,7 @@ class Processor:
                 self._consumer.seek(tp, offsets[tp.topic])
         self._consumer.resume(*tps)
         self._unannounced.add(partition)
+        self._warming = True
         if partition == partition_for(PROGRAM_STREAM, self.partitions):
             self.rules_unchecked = True
 

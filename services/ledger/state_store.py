@@ -4,6 +4,11 @@ An account is read from the local copy the first time a batch needs it and kept 
 (least recently used go first past `processor_cached_members`). Both the cache and the local copy
 change only after the Kafka transaction that wrote the change has committed.
 
+After a restart the cache is empty, and each member's first command paid for reading its account
+(about 1.3 ms for a member with 75 purchases in the refund window): at 200 commands/s over 2,000
+members that doubled the median decision time for the first minute. So the processor warms the
+cache while it has nothing else to do (`warm`), a few ms at a time.
+
 A revoked partition is parked, not dropped: the eager rebalance protocol revokes every partition
 and gives most of them straight back, and a partition given back keeps its cache unless the
 restore found records another owner wrote meanwhile.
@@ -11,6 +16,7 @@ restore found records another owner wrote meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +38,8 @@ class StateStore:
         # Members restored from a whole-account record, whose next write is complete.
         self._legacy: dict[int, set[str]] = {}
         self._owned: set[int] = set()
+        # Per restored partition, the key from which its accounts are still to be read ahead.
+        self._warm_from: dict[int, str] = {}
 
     def local(self, partition: int) -> PartitionStore:
         """The partition's local copy, opened (or created) on first use."""
@@ -50,6 +58,7 @@ class StateStore:
             self._cache[partition].clear()
             self._legacy[partition].clear()
         self._owned.add(partition)
+        self._warm_from[partition] = ""
 
     def owned(self) -> set[int]:
         return set(self._owned)
@@ -57,10 +66,13 @@ class StateStore:
     def park(self, partitions: set[int]) -> None:
         """Revoked: no longer used until restored again."""
         self._owned -= partitions
+        for partition in partitions:
+            self._warm_from.pop(partition, None)
 
     def close(self, partitions: set[int]) -> None:
         for partition in partitions:
             self._owned.discard(partition)
+            self._warm_from.pop(partition, None)
             store = self._local.pop(partition, None)
             if store is not None:
                 store.close()
@@ -82,6 +94,28 @@ class StateStore:
         account = state_records.assemble(member_id, rows)
         self._remember(partition, account)
         return account
+
+    def warm(self, budget_s: float) -> bool:
+        """Read accounts not yet cached for about `budget_s`, until the cache is full; whether
+        any are left to read."""
+        deadline = time.perf_counter() + budget_s
+        for partition, low in list(self._warm_from.items()):
+            cache = self._cache[partition]
+            while len(cache) < self._cache_limit:
+                member_id = self._local[partition].member_from(low)
+                if member_id is None:
+                    break
+                if member_id not in cache:
+                    self.get(partition, member_id)
+                low = state_records.member_range(member_id)[1]
+                if time.perf_counter() >= deadline:
+                    self._warm_from[partition] = low
+                    return True
+            del self._warm_from[partition]
+        return False
+
+    def cached(self) -> int:
+        return sum(len(cache) for cache in self._cache.values())
 
     def changes(self, partition: int, before: Account, after: Account) -> list[Change]:
         """The changelog records that take the member from `before` to `after`."""
