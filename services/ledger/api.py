@@ -194,7 +194,6 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         reply = replies.get(command_id)
         if reply is None:
             await _send(request, settings, member_id, message)
-            release_turn(request.scope)  # waiting for the processor is no work of this worker's
             reply = await replies.wait(command_id, settings.command_timeout_s)
             if reply is None:
                 response.status_code = 202
@@ -432,7 +431,12 @@ def _profile_digest(data_key: bytes, fields: dict[str, str]) -> str:
 
 
 async def _send(request: Request, settings: LedgerSettings, member_id: str, message: CommandMessage) -> None:
-    """Hand the command to Kafka (acks=all) without holding a thread while it is acknowledged."""
+    """Hand the command to Kafka (acks=all) without holding a thread while it is acknowledged.
+
+    The request's turn is given back once the producer has the command: waiting for the broker
+    and then the processor is no work of this worker's, and a turn held across a slow ack (a busy
+    broker) shed commands at 200/s.
+    """
     loop = asyncio.get_running_loop()
     acknowledged: asyncio.Future[None] = loop.create_future()
 
@@ -450,6 +454,7 @@ async def _send(request: Request, settings: LedgerSettings, member_id: str, mess
         )
         sent.add_callback(lambda _: loop.call_soon_threadsafe(settle, None))
         sent.add_errback(lambda error: loop.call_soon_threadsafe(settle, error))
+        release_turn(request.scope)
         await asyncio.wait_for(acknowledged, settings.command_timeout_s)
     except (KafkaError, TimeoutError) as error:
         raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
