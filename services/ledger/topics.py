@@ -43,8 +43,10 @@ def ensure_topics(settings: KafkaSettings) -> None:
         resources = [
             ConfigResource(ConfigResourceType.TOPIC, name, configs) for name, configs in kept.items()
         ]
-        # kafka-python reports a refusal per topic in the result, not by raising.
-        outcomes = admin.alter_configs(resources, incremental=True)["topic"]
+        # kafka-python reports a refusal per topic in the result, not by raising. Its own check of
+        # the names (raise_on_unknown) describes the topic's current overrides first, and a topic
+        # created a moment ago may not show them yet: it refused names the broker accepts.
+        outcomes = admin.alter_configs(resources, incremental=True, raise_on_unknown=False)["topic"]
         refused = {name: outcome for name, outcome in outcomes.items() if outcome != "OK"}
         if refused:
             raise RuntimeError(f"the topics' configs cannot be brought in line: {refused}")
