@@ -10,6 +10,7 @@ requests that are served keep their normal latency and a client learns quickly t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -125,7 +126,7 @@ class Admission:
             if self._free:
                 self._free -= 1
                 return True
-        if now - self._last_empty > CODEL_INTERVAL_S:  # standing
+        if self._standing(now):
             allowed_s = STANDING_TIMEOUT_S
             self._expire(now - STANDING_TIMEOUT_S)
         else:
@@ -133,29 +134,33 @@ class Admission:
             if (len(self._waiters) + 1) * self._turn_s / self._limit > allowed_s:
                 return False
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append((now, waiter))
+        entry = (now, waiter)
+        self._waiters.append(entry)
         try:
             async with asyncio.timeout(allowed_s):
                 return await waiter
         except TimeoutError:
-            return self._outcome(waiter)  # handed a turn just as its time ran out, perhaps
+            return self._outcome(entry)  # handed a turn just as its time ran out, perhaps
         except asyncio.CancelledError:
-            if self._outcome(waiter):
+            if self._outcome(entry):
                 self._hand_on()
             raise
 
-    def _outcome(self, waiter: asyncio.Future[bool]) -> bool:
-        """Whether the waiter got a turn; one that did not leaves the queue.
+    def _standing(self, now: float) -> bool:
+        return now - self._last_empty > CODEL_INTERVAL_S
+
+    def _outcome(self, entry: tuple[float, asyncio.Future[bool]]) -> bool:
+        """Whether the waiter got a turn; one that did not leaves the queue (if a turn being
+        handed out has not already skipped it).
 
         Cancelling the task that awaits the waiter (its timeout) cancels the waiter too.
         """
+        waiter = entry[1]
         if waiter.done() and not waiter.cancelled():
             return waiter.result()
         waiter.cancel()
-        for entry in self._waiters:
-            if entry[1] is waiter:
-                self._waiters.remove(entry)
-                break
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(entry)
         return False
 
     def _expire(self, queued_before: float) -> None:
@@ -172,7 +177,7 @@ class Admission:
     def _hand_on(self) -> None:
         """Give a turn to the newest waiter while the queue stands, else to the oldest."""
         now = time.perf_counter()
-        standing = now - self._last_empty > CODEL_INTERVAL_S
+        standing = self._standing(now)
         while self._waiters:
             _, waiter = self._waiters.pop() if standing else self._waiters.popleft()
             if not waiter.done():

@@ -160,7 +160,6 @@ class Processor:
         self._restore = Restore(settings, self.store, self._committed_offsets)
         # Restored partitions whose ownership is still to be announced (services.ledger.ownership).
         self._unannounced: set[int] = set()
-        self._warming = False  # accounts of restored partitions are still to be read ahead
         # Consecutive failed transactions, and the records to set aside when read again.
         self._failures = 0
         # What this transaction has sent, each with the input record it was sent for, if any.
@@ -270,14 +269,12 @@ class Processor:
                 return
             for partition, offsets in restored.items():
                 self._resume(partition, offsets)
-        waiting = self._restore.pending
-        batch = self._consumer.poll(timeout_ms=0 if waiting or self._warming else 200, max_records=self._fits)
+        waiting, warming = self._restore.pending, self.store.warming()
+        batch = self._consumer.poll(timeout_ms=0 if waiting or warming else 200, max_records=self._fits)
         if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
-        elif self._warming:
-            self._warming = self.store.warm(WARM_SLICE_S)
-            if not self._warming:
-                log.info("accounts read ahead", extra={"cached": self.store.cached()})
+        elif warming and not self.store.warm(WARM_SLICE_S):
+            log.info("accounts read ahead", extra={"cached": self.store.cached()})
 
     def _resume(self, partition: int, offsets: dict[str, int] | None) -> None:
         """The partition's state is restored: read its inputs from the committed offsets."""
@@ -287,7 +284,6 @@ class Processor:
                 self._consumer.seek(tp, offsets[tp.topic])
         self._consumer.resume(*tps)
         self._unannounced.add(partition)
-        self._warming = True
         if partition == partition_for(PROGRAM_STREAM, self.partitions):
             self.rules_unchecked = True
 

@@ -95,6 +95,10 @@ class StateStore:
         self._remember(partition, account)
         return account
 
+    def warming(self) -> bool:
+        """Whether accounts of a restored partition are still to be read ahead."""
+        return bool(self._warm_from)
+
     def warm(self, budget_s: float) -> bool:
         """Read accounts not yet cached for about `budget_s`, until the cache is full; whether
         any are left to read."""
