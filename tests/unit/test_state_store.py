@@ -1,16 +1,30 @@
-"""The processor's accounts: read ahead into the cache after a restore, as the local copy has them."""
+"""The processor's accounts: read ahead into the cache after a restore, as the local copy has them,
+and written to the local copy behind the loop."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from services.ledger import state_records
+from services.ledger.domain.account import Account
+from services.ledger.local_state import PartitionStore
 from services.ledger.settings import LedgerSettings
 from services.ledger.state_store import StateStore
 from tests.unit.ledger_fixtures import given, purchase
 
 PARTITION = 0
+
+
+def _account(member_id: str, *purchase_ids: str) -> Account:
+    return given(
+        *(replace(purchase(p, 1000), member_id=member_id, command_id=f"purchase:{p}") for p in purchase_ids),
+        member_id=member_id,
+    )
 
 
 def _store(tmp_path: Path, members: list[str], cached: int = 100) -> StateStore:
@@ -53,3 +67,65 @@ def test_a_revoked_partition_is_not_read_ahead(tmp_path: Path) -> None:
     store.park({PARTITION})
     assert not store.warm(budget_s=5.0)
     assert not store._cache[PARTITION]
+
+
+@pytest.fixture
+def held_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Local writes wait while the event is clear (the test's stand-in for a slow disk)."""
+    release = threading.Event()
+    release.set()
+    apply = PartitionStore.apply
+
+    def held(self: PartitionStore, *args: object, **kwargs: object) -> None:
+        release.wait(timeout=30)
+        apply(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PartitionStore, "apply", held)
+    yield release
+    release.set()
+
+
+def _commit(store: StateStore, after: Account) -> int:
+    before = store.get(PARTITION, after.member_id)
+    position = store.local(PARTITION).position + 1
+    store.committed(PARTITION, store.changes(PARTITION, before, after), [after], position)
+    return position
+
+
+def test_a_commit_does_not_wait_for_the_local_write_and_reads_see_it(
+    tmp_path: Path, held_writes: threading.Event
+) -> None:
+    store = _store(tmp_path, ["m-1", "m-2"], cached=1)
+    held_writes.clear()
+    position = _commit(store, _account("m-1", "o-m-1", "o-m-1-again"))
+    assert store._writes and not store._writes[-1].done(), "the commit returned with its write held"
+    # m-2 pushes m-1 out of the one-account cache: reading m-1 again must wait for its write
+    # instead of reading the copy from before it.
+    store._remember(PARTITION, _account("m-2", "o-m-2"))
+    assert "m-1" not in store._cache[PARTITION]
+    threading.Timer(0.2, held_writes.set).start()
+    assert "o-m-1-again" in store.get(PARTITION, "m-1").purchases
+    assert store.local(PARTITION).position == position
+
+
+def test_after_a_failed_local_write_no_later_one_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path, ["m-1", "m-2"])
+    position = store.local(PARTITION).position
+    apply = PartitionStore.apply
+    failures = iter([OSError("disk full")])
+
+    def failing_once(self: PartitionStore, *args: object, **kwargs: object) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        apply(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PartitionStore, "apply", failing_once)
+    _commit(store, _account("m-1", "o-m-1", "o-m-1-again"))
+    store.committed(PARTITION, [], [], position + 2)  # would move the position past the lost write
+    with pytest.raises(OSError, match="disk full"):
+        store.local(PARTITION)
+    monkeypatch.setattr(PartitionStore, "apply", apply)
+    assert store._local[PARTITION].position == position
