@@ -10,6 +10,7 @@ a cycle made during a batch is still collected soon after.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 
 # Young collections count towards a full one; past this many, never: `FullCollections` runs them.
 _NEVER = 2**30
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -83,5 +86,10 @@ class FullCollections:
     def collect_if_due(self) -> None:
         if time.monotonic() < self._next:
             return
-        gc.collect()
+        started = time.perf_counter()
+        freed = gc.collect()
+        log.info(
+            "full collection",
+            extra={"ms": round((time.perf_counter() - started) * 1000, 1), "freed": freed},
+        )
         self._next = time.monotonic() + self._every_s
