@@ -129,6 +129,14 @@ class KafkaNode:
                 java,
                 f"-Xmx{self.heap}",
                 f"-Xms{self.heap}",
+                # The quick compiler alone. A local broker shares a small machine with everything
+                # it serves, and its optimising compiler was still at work minutes after start
+                # (30% of a core at 200 commands/s on 2 cores) while every service waited for a
+                # core: in `bench.serving_load`, purchases at 200/s had a p99 of 566-608 ms with
+                # it, 375 ms without it, and the backlog settled 10% faster. Its code would be
+                # faster at the peak; the bare transactional loop did not show it (19,884
+                # records/s against 20,688-23,322, within this machine's swings).
+                "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
                 "-cp",
                 classpath,
