@@ -4,7 +4,8 @@ Starts `loyalty run` on ports of its own, settles a history (N purchases over M 
 the inbound topic), then sends open-loop load with vegeta, a Go client that does not compete for
 this project's GIL:
 - GET /v1/members/{id}/balance at each --read-rates, random members;
-- POST /v1/purchases at --command-rate, unique ids, each answered once decided;
+- POST /v1/purchases at --command-rate, unique ids, each answered once decided, after an
+  uncounted warm-up of --command-warmup seconds at that rate (its figures printed apart);
 and prints per rate the achieved rate, the share answered 200 (201), the share shed (503) and
 p50/p99/max of each. The ceiling beside them is a bare app (one constant JSON route, the same
 worker count, same uvicorn) under the same client in the same run. For the commands it prints
@@ -12,7 +13,7 @@ where the time goes: in the processor (command appended to reply appended, from 
 own timestamps) and the rest (HTTP, the API, the transaction's commit, the reply's delivery).
 
     .venv/bin/python -m bench.serving_load [--read-rates 500,1000,3000] [--command-rate 200]
-        [--seconds 20] [--purchases 20000] [--members 2000]
+        [--seconds 20] [--command-warmup 5] [--purchases 20000] [--members 2000]
 
 vegeta: `go install github.com/tsenart/vegeta/v12@v12.13.0` (found on PATH or in ~/go/bin).
 """
@@ -151,7 +152,25 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
         time.sleep(2)
 
 
-def commands(stack: RunningStack, members: int, rate: int, seconds: float) -> None:
+def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmup: float) -> None:
+    """Purchases at `rate`, after an uncounted warm-up at the same rate (printed too): until then
+    the command path is cold (the seeded history reaches the processor on the inbound topic)."""
+    if warmup:
+        report(
+            "POST /v1/purchases, warm-up (not counted)",
+            rate,
+            warmup,
+            attack(_purchases(stack, members, rate, warmup), rate, warmup),
+        )
+    started_ms = time.time() * 1000
+    report(
+        "POST /v1/purchases", rate, seconds, attack(_purchases(stack, members, rate, seconds), rate, seconds)
+    )
+    in_processor(stack, started_ms)
+
+
+def _purchases(stack: RunningStack, members: int, rate: int, seconds: float) -> list[dict[str, object]]:
+    """Targets for new purchases, each with an id of its own."""
     auth = {"Authorization": [f"Bearer {stack.admin_key}"], "Content-Type": ["application/json"]}
     run = uuid.uuid4().hex[:6]
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -173,16 +192,18 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float) -> No
                 "body": base64.b64encode(json.dumps(body).encode()).decode(),
             }
         )
-    report("POST /v1/purchases", rate, seconds, attack(targets, rate, seconds))
-    in_processor(stack)
+    return targets
 
 
-def in_processor(stack: RunningStack) -> None:
-    """Command record appended to reply record appended, per command of the API, from their timestamps."""
+def in_processor(stack: RunningStack, since_ms: float) -> None:
+    """Command record appended to reply record appended, per command of the API sent since
+    `since_ms`, from their timestamps."""
     settings = LedgerSettings(kafka_bootstrap=stack.kafka)
     appended = _timestamps(stack.kafka, settings.topic_commands)
     replied = _timestamps(stack.kafka, settings.topic_replies)
-    spans = sorted(replied[c] - appended[c] for c in appended.keys() & replied.keys())
+    spans = sorted(
+        replied[c] - appended[c] for c in appended.keys() & replied.keys() if appended[c] >= since_ms
+    )
     if spans:
         print(
             f"  in the processor (command appended -> reply appended): p50 {pct(spans, 0.5):.0f}  "
@@ -212,6 +233,9 @@ def main() -> None:
     parser.add_argument("--read-rates", default="500,1000,3000")
     parser.add_argument("--command-rate", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--command-warmup", type=float, default=5, help="uncounted seconds of purchases first"
+    )
     parser.add_argument("--purchases", type=int, default=20_000)
     parser.add_argument("--members", type=int, default=2_000)
     args = parser.parse_args()
@@ -220,7 +244,7 @@ def main() -> None:
         measure(args.purchases, args.members, stack)
         ceiling(min(args.seconds, 10))
         reads(stack, args.members, [int(rate) for rate in args.read_rates.split(",")], args.seconds)
-        commands(stack, args.members, args.command_rate, args.seconds)
+        commands(stack, args.members, args.command_rate, args.seconds, args.command_warmup)
 
 
 if __name__ == "__main__":
