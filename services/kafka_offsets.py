@@ -16,6 +16,7 @@ def committed_reader(bootstrap: str, client_id: str, **overrides: Any) -> KafkaC
         isolation_level="read_committed",
         enable_auto_commit=False,
         request_timeout_ms=5000,
+        metrics_enabled=False,  # kafka-python's own sensors: nothing here reads them
         **overrides,
     )
 

@@ -151,6 +151,7 @@ class Processor:
             # Range assignment gives one instance the same partition number of every input topic.
             partition_assignment_strategy=[RangePartitionAssignor],
             metadata_max_age_ms=30_000,
+            metrics_enabled=False,  # kafka-python's own sensors: nothing here reads them
         )
         self._producer = self._new_producer()
         self._parsers = {
@@ -184,6 +185,7 @@ class Processor:
             # A new transaction that starts while the last one's markers are being written gets
             # CONCURRENT_TRANSACTIONS and is retried after this backoff (default 100 ms).
             retry_backoff_ms=5,
+            metrics_enabled=False,
         )
 
     @property

@@ -148,6 +148,7 @@ class Projector:
             session_timeout_ms=settings.projector_session_timeout_ms,
             heartbeat_interval_ms=min(3000, settings.projector_session_timeout_ms // 3),
             metadata_max_age_ms=30_000,
+            metrics_enabled=False,  # kafka-python's own sensors: nothing here reads them
         )
 
     def _connect(self) -> psycopg.Connection:
