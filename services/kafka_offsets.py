@@ -6,6 +6,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from services.kafka_compat import NO_CLIENT_METRICS
+
 
 def committed_reader(bootstrap: str, client_id: str, **overrides: Any) -> KafkaConsumer:
     """A consumer outside any group that sees committed transactions only; it assigns and seeks itself."""
@@ -16,7 +18,7 @@ def committed_reader(bootstrap: str, client_id: str, **overrides: Any) -> KafkaC
         isolation_level="read_committed",
         enable_auto_commit=False,
         request_timeout_ms=5000,
-        metrics_enabled=False,  # kafka-python's own sensors: nothing here reads them
+        **NO_CLIENT_METRICS,
         **overrides,
     )
 

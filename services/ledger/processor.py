@@ -41,7 +41,12 @@ from kafka.structs import OffsetAndMetadata
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
 from services import collector
-from services.kafka_compat import close_producer, keep_rejoin_requested, start_sending_offsets
+from services.kafka_compat import (
+    NO_CLIENT_METRICS,
+    close_producer,
+    keep_rejoin_requested,
+    start_sending_offsets,
+)
 from services.ledger.command_messages import (
     CommandReply,
     InvalidRecord,
@@ -151,7 +156,7 @@ class Processor:
             # Range assignment gives one instance the same partition number of every input topic.
             partition_assignment_strategy=[RangePartitionAssignor],
             metadata_max_age_ms=30_000,
-            metrics_enabled=False,  # kafka-python's own sensors: nothing here reads them
+            **NO_CLIENT_METRICS,
         )
         self._producer = self._new_producer()
         self._parsers = {
@@ -185,7 +190,7 @@ class Processor:
             # A new transaction that starts while the last one's markers are being written gets
             # CONCURRENT_TRANSACTIONS and is retried after this backoff (default 100 ms).
             retry_backoff_ms=5,
-            metrics_enabled=False,
+            **NO_CLIENT_METRICS,
         )
 
     @property

@@ -20,7 +20,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from services import collector
-from services.kafka_compat import keep_rejoin_requested
+from services.kafka_compat import NO_CLIENT_METRICS, keep_rejoin_requested
 from services.migrations import schema_options
 from services.projector import store
 from services.projector.fold import DUPLICATE, Folded, decode, fold
@@ -148,7 +148,7 @@ class Projector:
             session_timeout_ms=settings.projector_session_timeout_ms,
             heartbeat_interval_ms=min(3000, settings.projector_session_timeout_ms // 3),
             metadata_max_age_ms=30_000,
-            metrics_enabled=False,  # kafka-python's own sensors: nothing here reads them
+            **NO_CLIENT_METRICS,
         )
 
     def _connect(self) -> psycopg.Connection:
