@@ -31,8 +31,8 @@ UNGATED = frozenset({"/healthz", "/readyz", "/metrics"})
 TURN = "loyalty.turn"
 # How often the event loop's lateness is checked.
 LATENESS_TICK_S = 0.01
-# Controlled delay with adaptive LIFO (Maurer, "Fail at Scale"): a queue for turns that has not
-# been empty for an interval is standing, not a burst. While it stands, newcomers wait at most a
+# Controlled delay with adaptive LIFO (Maurer, "Fail at Scale"): a queue for turns while no turn
+# has been free for an interval is standing, not a burst. While it stands, newcomers wait at most a
 # few ms and the newest waiter is served first, so the requests served keep their latency and
 # the ones that cannot be served fail fast. A FIFO queue kept the budget's worth of wait: at twice
 # capacity, served reads and 503s both had a p99 of 260 ms, the budget.
@@ -98,7 +98,7 @@ class Admission:
         self._shed = shed
         self._free = limit
         self._waiters: deque[tuple[float, asyncio.Future[bool]]] = deque()  # (queued at, waiter)
-        self._last_empty = 0.0  # when the queue for turns was last seen empty
+        self._last_free = 0.0  # when a turn was last free with nobody waiting for one
         self._turn_s = 0.0  # moving average of how long a turn is held
         self._late_s = 0.0  # how late the event loop ran at its last check
         self._lateness: asyncio.Task[None] | None = None
@@ -121,11 +121,10 @@ class Admission:
 
     async def _take_turn(self) -> bool:
         now = time.perf_counter()
-        if not self._waiters:
-            self._last_empty = now
-            if self._free:
-                self._free -= 1
-                return True
+        if not self._waiters and self._free:
+            self._last_free = now
+            self._free -= 1
+            return True
         if self._standing(now):
             allowed_s = STANDING_TIMEOUT_S
             self._expire(now - STANDING_TIMEOUT_S)
@@ -147,7 +146,9 @@ class Admission:
             raise
 
     def _standing(self, now: float) -> bool:
-        return now - self._last_empty > CODEL_INTERVAL_S
+        """Whether no turn has been free for an interval. A queue that shedding emptied still
+        stands: only a turn going free with nobody waiting means the load fell below capacity."""
+        return now - self._last_free > CODEL_INTERVAL_S
 
     def _outcome(self, entry: tuple[float, asyncio.Future[bool]]) -> bool:
         """Whether the waiter got a turn; one that did not leaves the queue (if a turn being
@@ -183,7 +184,7 @@ class Admission:
             if not waiter.done():
                 waiter.set_result(True)
                 return
-        self._last_empty = now
+        self._last_free = now
         self._free += 1
 
     async def _watch_lateness(self) -> None:

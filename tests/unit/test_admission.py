@@ -136,6 +136,31 @@ async def _a_request_behind_more_than_the_budget_is_shed_on_arrival() -> None:
     assert queued and all(waited < 1.5 for waited in queued), "the rest waited the budget out"
 
 
+def test_a_queue_that_shedding_emptied_still_stands() -> None:
+    asyncio.run(_a_queue_that_shedding_emptied_still_stands())
+
+
+async def _a_queue_that_shedding_emptied_still_stands() -> None:
+    """Arrivals further apart than a standing wait: each finds the queue empty, as the one before
+    was shed, yet no turn went free. Counting that as the load falling gave them the full budget."""
+    app, gate = _app(limit=1, budget_ms=5000)
+    async with _client(app) as client:
+        held = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.02)
+        first = asyncio.create_task(_timed(client, "/takes", seconds=0))
+        await asyncio.sleep(serving.CODEL_INTERVAL_S + 0.05)
+        spaced = []
+        for _ in range(3):
+            spaced.append(await _timed(client, "/takes", seconds=0))
+            await asyncio.sleep(serving.STANDING_TIMEOUT_S * 4)  # the queue is empty again
+        async with asyncio.timeout(2):  # given the budget, the first would wait 5 s
+            answers = [await first, *spaced]
+        gate.set()
+        assert (await held).status_code == 200
+    assert [status for status, _ in answers] == [503] * 4
+    assert max(waited for _, waited in spaced) < 0.5, f"the queue still stands: {spaced}"
+
+
 def test_while_the_event_loop_runs_late_new_requests_are_shed() -> None:
     asyncio.run(_while_the_event_loop_runs_late_new_requests_are_shed())
 
