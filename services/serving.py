@@ -53,8 +53,9 @@ class ServingSettings(BaseSettings):
 
     # Worker processes per API; each has its own connection pools and key cache.
     api_workers: int = Field(default_factory=_default_workers, ge=1, le=64)
-    # Requests one worker works on at once; more wait for a turn, up to the queue budget.
-    api_max_in_flight: int = Field(default=16, ge=1)
+    # Requests one worker works on at once; more wait for a turn, up to the queue budget. They
+    # share one event loop: beyond a few, each only gets it thinner (README, "Serving under load").
+    api_max_in_flight: int = Field(default=4, ge=1)
     # How long a request may wait for a turn before it is answered 503 with Retry-After.
     api_queue_budget_ms: int = Field(default=250, ge=0)
     # One JSON line per request; the per-route metrics count every request either way.
