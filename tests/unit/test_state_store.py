@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ledger import state_records
+from services.ledger import state_records, state_store
 from services.ledger.domain.account import Account
 from services.ledger.local_state import PartitionStore
 from services.ledger.settings import LedgerSettings
@@ -85,9 +85,10 @@ def held_writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     release.set()
 
 
-def _commit(store: StateStore, after: Account) -> int:
+def _commit(store: StateStore, after: Account, position: int | None = None) -> int:
+    """Commit `after` at `position`, by default just past the local copy's (once it is written)."""
     before = store.get(PARTITION, after.member_id)
-    position = store.local(PARTITION).position + 1
+    position = position or store.local(PARTITION).position + 1
     store.committed(PARTITION, store.changes(PARTITION, before, after), [after], position)
     return position
 
@@ -98,7 +99,7 @@ def test_a_commit_does_not_wait_for_the_local_write_and_reads_see_it(
     store = _store(tmp_path, ["m-1", "m-2"], cached=1)
     held_writes.clear()
     position = _commit(store, _account("m-1", "o-m-1", "o-m-1-again"))
-    assert store._writes and not store._writes[-1].done(), "the commit returned with its write held"
+    assert store._writes and not store._writes[-1][0].done(), "the commit returned with its write held"
     # m-2 pushes m-1 out of the one-account cache: reading m-1 again must wait for its write
     # instead of reading the copy from before it.
     store._remember(PARTITION, _account("m-2", "o-m-2"))
@@ -106,6 +107,31 @@ def test_a_commit_does_not_wait_for_the_local_write_and_reads_see_it(
     threading.Timer(0.2, held_writes.set).start()
     assert "o-m-1-again" in store.get(PARTITION, "m-1").purchases
     assert store.local(PARTITION).position == position
+
+
+def test_commits_queue_up_to_a_bound_in_changes_then_wait_for_the_disk(
+    tmp_path: Path, held_writes: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _store(tmp_path, [f"m-{i}" for i in range(40)])
+    while store.warm(budget_s=1.0):  # every account cached: no commit reads the local copy
+        pass
+    position = store.local(PARTITION).position
+    held_writes.clear()
+    for i in range(40):  # more transactions than a stall of the disk used to be given
+        _commit(store, _account(f"m-{i}", f"o-m-{i}", f"o-m-{i}-again"), position + 1 + i)
+    assert len(store._writes) == 40, "every commit returned with its write held"
+    monkeypatch.setattr(state_store, "CHANGES_QUEUED_MAX", store._queued)
+    third = _account("m-0", "o-m-0", "o-m-0-again", "o-m-0-third")
+    one_more = threading.Thread(target=_commit, args=(store, third, position + 41))
+    one_more.start()
+    one_more.join(timeout=0.3)
+    assert one_more.is_alive(), "past the bound, a commit waits for the local copy"
+    held_writes.set()
+    one_more.join(timeout=10)
+    assert not one_more.is_alive()
+    assert store.local(PARTITION).position == position + 41, "every write done, in order"
+    store._cache[PARTITION].clear()
+    assert "o-m-0-third" in store.get(PARTITION, "m-0").purchases
 
 
 def test_after_a_failed_local_write_no_later_one_is_made(
