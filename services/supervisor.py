@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -31,7 +32,9 @@ from services.children import Component, ComponentMetrics
 from services.cli import COMPONENTS
 from services.ledger.settings import LedgerSettings
 from services.personal_data.crypto import MasterKey
+from services.projector.settings import ProjectorSettings
 from services.restarts import RestartPolicy
+from services.worker_pool import check_free
 
 STOP_GRACE_S = 20.0
 
@@ -72,9 +75,41 @@ def run_all() -> int:
         )
         return 1
     try:
+        for api in _apis():
+            try:
+                check_free(api.host, api.port)
+            except OSError as error:
+                print(
+                    f"loyalty run: cannot serve the {api.name} on {api.host}:{api.port} ({error}); "
+                    f"stop what listens there or choose another port with {api.setting}",
+                    file=sys.stderr,
+                )
+                return 1
         return _supervise(settings, registry, stop)
     finally:
         metrics_server.shutdown()
+
+
+@dataclass(frozen=True)
+class _Api:
+    name: str
+    host: str
+    port: int
+    setting: str  # what moves it elsewhere
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _apis() -> list[_Api]:
+    """Where the two APIs will listen. Checked before anything starts: a port taken by another
+    server made the API exit at every start, and the run waited for its readiness forever."""
+    ledger, read = LedgerSettings(), ProjectorSettings()
+    return [
+        _Api("ledger API", ledger.ledger_host, ledger.ledger_port, "LOYALTY_LEDGER_PORT"),
+        _Api("read API", read.read_host, read.read_port, "LOYALTY_READ_PORT"),
+    ]
 
 
 def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: threading.Event) -> int:
@@ -115,8 +150,7 @@ def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: 
     registry.register(ComponentMetrics(components))
     for component in components:
         component.start(time.monotonic())
-    ledger = f"http://{env.get('LOYALTY_LEDGER_HOST', '127.0.0.1')}:{env.get('LOYALTY_LEDGER_PORT', '8000')}"
-    read = f"http://{env.get('LOYALTY_READ_HOST', '127.0.0.1')}:{env.get('LOYALTY_READ_PORT', '8001')}"
+    ledger, read = (api.base for api in _apis())
     print("starting: waiting until both APIs are ready (the processor has restored its state)", flush=True)
     banner = [
         f"ledger API: {ledger}  (docs: {ledger}/docs)",

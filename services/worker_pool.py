@@ -46,7 +46,7 @@ def run_workers(worker: Worker, count: int) -> None:
     Raises StartupFailed when a worker exits because its app could not start, and OSError when
     the port is taken: a server already listening there must not silently share it.
     """
-    _check_free(worker.host, worker.port)
+    check_free(worker.host, worker.port)
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -78,7 +78,7 @@ def run_workers(worker: Worker, count: int) -> None:
                 process.join()
 
 
-def _check_free(host: str, port: int) -> None:
+def check_free(host: str, port: int) -> None:
     """Bind without SO_REUSEPORT and let go: fails while any server listens on the port."""
     with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

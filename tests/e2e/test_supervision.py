@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -64,6 +67,28 @@ def test_a_crash_loop_is_given_up_alone_and_a_killed_supervisor_leaves_no_orphan
                 assert not port_open(port), port
         finally:
             system.stop()
+
+
+def test_a_port_another_server_listens_on_stops_the_run_before_anything_starts(tmp_path: Path) -> None:
+    """It used to start everything, give the API up after its crash loop, and wait for its
+    readiness forever."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LOYALTY_")}
+    with reserved_ports(2) as (read, supervisor), socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env.update(
+            LOYALTY_STATE_DIR=str(tmp_path / "state"),
+            LOYALTY_LEDGER_PORT=str(taken.getsockname()[1]),
+            LOYALTY_READ_PORT=str(read),
+            LOYALTY_SUPERVISOR_PORT=str(supervisor),
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "services.cli", "run"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert run.returncode == 1
+    assert "cannot serve the ledger API" in run.stderr
+    assert "LOYALTY_LEDGER_PORT" in run.stderr
+    assert not (tmp_path / "state").exists(), "nothing was started"
 
 
 def _answers(url: str) -> int | None:
