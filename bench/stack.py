@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -144,4 +143,5 @@ def loyalty_run(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
         finally:
             run.send_signal(signal.SIGINT)
             run.wait(timeout=120)
-            shutil.rmtree(state, ignore_errors=True)
+            # The cluster may live outside the state directory (/var/tmp, as root): 1 GB a run.
+            LocalStack.from_env(env, state_dir=state).purge(state)

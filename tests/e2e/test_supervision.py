@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from localinfra.process import port_open, reserved_ports
+from localinfra.stack import LocalStack
 from tests.conftest import Isolated
 from tests.e2e.system import System, alive, descendants
 from tests.waiting import eventually
@@ -82,13 +83,15 @@ def test_a_port_another_server_listens_on_stops_the_run_before_anything_starts(t
             LOYALTY_READ_PORT=str(read),
             LOYALTY_SUPERVISOR_PORT=str(supervisor),
         )
-        run = subprocess.run(
-            [sys.executable, "-m", "services.cli", "run"], env=env, capture_output=True, text=True, timeout=60
-        )
+        try:
+            command = [sys.executable, "-m", "services.cli", "run"]
+            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        finally:  # should the run have started its own Kafka and Postgres after all
+            LocalStack.from_env(env, state_dir=tmp_path / "state").purge(tmp_path / "state")
     assert run.returncode == 1
     assert "cannot serve the ledger API" in run.stderr
     assert "LOYALTY_LEDGER_PORT" in run.stderr
-    assert not (tmp_path / "state").exists(), "nothing was started"
+    assert "kafka:" not in run.stdout, "nothing was started"
 
 
 def _answers(url: str) -> int | None:
