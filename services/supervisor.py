@@ -74,8 +74,9 @@ def run_all() -> int:
             file=sys.stderr,
         )
         return 1
+    apis = _apis()
     try:
-        for api in _apis():
+        for api in apis:
             try:
                 check_free(api.host, api.port)
             except OSError as error:
@@ -85,7 +86,7 @@ def run_all() -> int:
                     file=sys.stderr,
                 )
                 return 1
-        return _supervise(settings, registry, stop)
+        return _supervise(settings, registry, stop, apis)
     finally:
         metrics_server.shutdown()
 
@@ -112,7 +113,9 @@ def _apis() -> list[_Api]:
     ]
 
 
-def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: threading.Event) -> int:
+def _supervise(
+    settings: SupervisorSettings, registry: CollectorRegistry, stop: threading.Event, apis: list[_Api]
+) -> int:
     stack = LocalStack.from_env()
     started_here = [
         node for node in (stack.kafka, stack.postgres) if node is not None and "stopped" in node.status()
@@ -150,7 +153,7 @@ def _supervise(settings: SupervisorSettings, registry: CollectorRegistry, stop: 
     registry.register(ComponentMetrics(components))
     for component in components:
         component.start(time.monotonic())
-    ledger, read = (api.base for api in _apis())
+    ledger, read = (api.base for api in apis)
     print("starting: waiting until both APIs are ready (the processor has restored its state)", flush=True)
     banner = [
         f"ledger API: {ledger}  (docs: {ledger}/docs)",
