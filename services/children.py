@@ -33,9 +33,12 @@ class Component:
         env: dict[str, str],
         policy: RestartPolicy,
         reachable: Callable[[], bool],
+        nice: int = 0,
     ) -> None:
         self.name = name
         self._argv, self._env = argv, env
+        # Added to the child's niceness before it starts a thread: every thread of it inherits it.
+        self._nice = nice
         self.restarts = Restarts(policy)
         # Whether what the child needs (Kafka, Postgres) accepts connections: a restart waits for
         # it, since a child started into an outage only exits again and nears the crash-loop limit.
@@ -53,7 +56,10 @@ class Component:
     def start(self, now: float) -> None:
         """Spawn the child; only ever from the main thread, whose end the death signal follows."""
         self.process = subprocess.Popen(
-            self._argv, env=self._env, stdin=subprocess.DEVNULL, preexec_fn=_dies_with(os.getpid())
+            self._argv,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_before_exec(os.getpid(), self._nice),
         )
         self._started_at = now
 
@@ -136,8 +142,9 @@ class ComponentMetrics(Collector):
         yield from (restarts, up, exits, given_up)
 
 
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """Run in the child before exec: die when `parent` does, however it ends (Linux only).
+def _before_exec(parent: int, nice: int) -> Callable[[], None] | None:
+    """Run in the child before exec: take the lower priority, and die when `parent` does, however
+    it ends (Linux only).
 
     `prctl` is looked up before the fork, so that the child only makes the call. A parent that
     died before the call would never send the signal: the child checks and ends itself.
@@ -147,6 +154,8 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def bind() -> None:
+        if nice:
+            os.nice(nice)
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)
@@ -158,7 +167,7 @@ def end_with_parent() -> None:
     """End this process when its parent does, however that ends (Linux only).
 
     For the processes that a child of `loyalty run` starts itself (uvicorn's workers of an API),
-    which the death signal of `_dies_with` does not reach: without this, a killed API leaves its
+    which the death signal of `_before_exec` does not reach: without this, a killed API leaves its
     workers serving its port as orphans.
     """
     if sys.platform.startswith("linux"):

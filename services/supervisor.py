@@ -48,6 +48,9 @@ class SupervisorSettings(BaseSettings):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     restart_limit: int = Field(default=5, ge=1)
     restart_window_s: float = Field(default=300.0, gt=0)
+    # Niceness added to the projector's: when the cores are short, the command path (ledger API,
+    # processor, broker) gets them first, and the read models catch up on what is left over.
+    projector_nice: int = Field(default=10, ge=0, le=19)
 
     def policy(self) -> RestartPolicy:
         return RestartPolicy(
@@ -147,7 +150,14 @@ def _supervise(
 
     policy, reachable = settings.policy(), _reachable(env)
     components = [
-        Component(name, [*prepare, component], child_env, policy, reachable)
+        Component(
+            name,
+            [*prepare, component],
+            child_env,
+            policy,
+            reachable,
+            nice=settings.projector_nice if component == "projector" else 0,
+        )
         for name, component, child_env in _instances(env)
     ]
     registry.register(ComponentMetrics(components))

@@ -61,6 +61,12 @@ def test_a_crash_loop_is_given_up_alone_and_a_killed_supervisor_leaves_no_orphan
 
             children = descendants(system.process.pid)
             assert len(children) >= 4
+            # The projector yields the cores to the command path, with every thread of it.
+            niceness = {pid: _niceness(pid) for pid in children}
+            projector = [pid for pid in children if b"projector" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            assert len(projector) == 1
+            assert niceness.pop(projector[0]) == {10}
+            assert set().union(*niceness.values()) == {0}
             system.process.send_signal(signal.SIGKILL)
             system.process.wait()
             eventually(lambda: not any(alive(pid) for pid in children), timeout_s=10, what="every child gone")
@@ -99,3 +105,11 @@ def _answers(url: str) -> int | None:
         return httpx.get(url).status_code
     except httpx.TransportError:
         return None
+
+
+def _niceness(pid: int) -> set[int]:
+    """The niceness of each thread of the process (/proc/PID/task/TID/stat, field 19)."""
+    return {
+        int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    }
