@@ -34,6 +34,8 @@ def test_up_twice_is_fine(endpoints: dict[str, str]) -> None:
     assert all("ready" in line for line in stack.status())
     with psycopg.connect(endpoints["LOYALTY_DATABASE_URL"]) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+        # Its autovacuum is paced, so that an ANALYZE does not take a core from the command path.
+        assert conn.execute("SHOW autovacuum_vacuum_cost_delay").fetchone() == ("10ms",)
 
 
 def test_configured_endpoints_start_nothing() -> None:
