@@ -57,10 +57,6 @@ class Purchase:
     # Its refunds: their ids are remembered as long as the purchase is (it can be refunded).
     refund_ids: tuple[str, ...] = ()
 
-    @property
-    def qualifying_minor(self) -> int:
-        return self.amount_minor - self.refunded_minor
-
 
 @dataclass(frozen=True)
 class Redemption:
