@@ -227,3 +227,32 @@ async def _while_the_queue_stands_no_request_waits_long_for_a_turn() -> None:
     assert {status for status, _ in answers} == {503}
     late = [waited for _, waited in answers[30:]]  # arrived once the queue had stood for 100 ms
     assert max(late) < 0.5, f"while the queue stands a request waits a few ms, not the budget: {late}"
+
+
+def test_a_queue_drained_within_the_target_does_not_stand(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Wide enough that a slow machine's 2 ms turns stay well within it; it is the same test.
+    monkeypatch.setattr(serving, "CODEL_TARGET_S", 0.02)
+    asyncio.run(_a_queue_drained_within_the_target_does_not_stand())
+
+
+async def _a_queue_drained_within_the_target_does_not_stand() -> None:
+    """Two clients in a loop on one turn: for 200 ms someone always waits, but only a turn's
+    length. That is a worker at its capacity, not past it: a request that then finds a longer turn
+    ahead of it waits for it, instead of the few ms of a standing queue."""
+    app, _ = _app(limit=1, budget_ms=5000)
+    async with _client(app) as client:
+        until = time.monotonic() + 0.3
+
+        async def loop() -> None:
+            while time.monotonic() < until:
+                assert (await client.get("/takes", params={"seconds": 0.002})).status_code == 200
+
+        loops = [asyncio.create_task(loop()) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        longer = asyncio.create_task(_timed(client, "/takes", seconds=0.06))
+        await asyncio.sleep(0.01)  # it holds the turn
+        status, waited = await _timed(client, "/takes", seconds=0)
+        assert (await longer)[0] == 200
+        await asyncio.gather(*loops)
+    assert status == 200
+    assert waited > serving.STANDING_TIMEOUT_S * 2  # it waited out the longer turn
