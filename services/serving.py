@@ -37,8 +37,8 @@ LATENESS_TICK_S = 0.01
 # the ones that cannot be served fail fast. A FIFO queue kept the budget's worth of wait: at twice
 # capacity, served reads and 503s both had a p99 of 260 ms, the budget. A queue whose oldest waiter
 # is served within the target is a good queue (CoDel's): it absorbs a burst and does not stand.
-# Without the target, any waiter for 100 ms counted, and a worker not at capacity (1,000 reads/s
-# over two) stood in every short stall and shed 0.3% of its reads.
+# Without the target, a queue that always held a waiter for 100 ms stood, even one whose waiters
+# each waited only the length of a turn: a worker at capacity, not past it.
 CODEL_INTERVAL_S = 0.1
 CODEL_TARGET_S = 0.005
 STANDING_TIMEOUT_S = 0.01
