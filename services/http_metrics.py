@@ -82,7 +82,10 @@ def install_http_metrics(
     )
     shed = Counter(
         "loyalty_http_requests_shed",
-        f"Requests the {service} answered 503 because none of its turns was free within the budget",
+        f"Requests the {service} answered 503 because none of its turns was free within the budget, by "
+        "reason: late (its event loop ran late), backlog (more queued than the budget), standing (the "
+        "queue stood), budget (it waited the budget out)",
+        ["reason"],
         registry=registry,
     )
     app.add_middleware(_Timing, histogram=histogram)

@@ -114,8 +114,9 @@ class Admission:
             return
         if self._lateness is None:
             self._lateness = asyncio.get_running_loop().create_task(self._watch_lateness())
-        if self._late_s > self._budget_s or not await self._take_turn():
-            self._shed.inc()
+        refused = "late" if self._late_s > self._budget_s else await self._take_turn()
+        if refused is not None:
+            self._shed.labels(refused).inc()
             await _OVERLOADED(scope, receive, send)
             return
         turn = scope[TURN] = _Turn(self)
@@ -124,27 +125,31 @@ class Admission:
         finally:
             turn.release()
 
-    async def _take_turn(self) -> bool:
+    async def _take_turn(self) -> str | None:
+        """None once the request has a turn; else why it is shed (a label of the shed counter)."""
         now = time.perf_counter()
         if not self._waiters and self._free:
             self._last_good = now
             self._free -= 1
-            return True
-        if self._standing(now):
+            return None
+        standing = self._standing(now)
+        if standing:
             allowed_s = STANDING_TIMEOUT_S
             self._expire(now - STANDING_TIMEOUT_S)
         else:
             allowed_s = self._budget_s
             if (len(self._waiters) + 1) * self._turn_s / self._limit > allowed_s:
-                return False
+                return "backlog"
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         entry = (now, waiter)
         self._waiters.append(entry)
         try:
             async with asyncio.timeout(allowed_s):
-                return await waiter
+                return None if await waiter else "standing"  # shed as the queue came to stand
         except TimeoutError:
-            return self._outcome(entry)  # handed a turn just as its time ran out, perhaps
+            if self._outcome(entry):  # handed a turn just as its time ran out, perhaps
+                return None
+            return "standing" if standing else "budget"
         except asyncio.CancelledError:
             if self._outcome(entry):
                 self._hand_on()

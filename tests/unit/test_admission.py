@@ -80,7 +80,7 @@ async def _a_request_without_a_turn_in_time_is_shed_and_counted() -> None:
     assert shed.json()["type"].endswith("/overloaded")
     assert 0.04 <= waited < 1.0
     assert probe.status_code == 200, "probes are never shed"
-    assert "loyalty_http_requests_shed_total 1.0" in scrape.text
+    assert 'loyalty_http_requests_shed_total{reason="budget"} 1.0' in scrape.text
     assert [r.status_code for r in served] == [200, 200]
 
 
@@ -175,7 +175,9 @@ async def _while_the_event_loop_runs_late_new_requests_are_shed() -> None:
         late = await client.get("/takes", params={"seconds": 0})
         await asyncio.sleep(0.05)
         caught_up = await client.get("/takes", params={"seconds": 0})
+        scrape = await client.get("/metrics")
     assert late.status_code == 503
+    assert 'loyalty_http_requests_shed_total{reason="late"} 1.0' in scrape.text
     assert caught_up.status_code == 200
 
 
@@ -224,7 +226,9 @@ async def _while_the_queue_stands_no_request_waits_long_for_a_turn() -> None:
             answers = await asyncio.gather(*arrivals)
         gate.set()
         assert (await held).status_code == 200
+        scrape = await client.get("/metrics")
     assert {status for status, _ in answers} == {503}
+    assert 'loyalty_http_requests_shed_total{reason="standing"}' in scrape.text
     late = [waited for _, waited in answers[30:]]  # arrived once the queue had stood for 100 ms
     assert max(late) < 0.5, f"while the queue stands a request waits a few ms, not the budget: {late}"
 
