@@ -114,13 +114,19 @@ def descendants(pid: int) -> set[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            parents[int(entry.name)] = int(stat_fields(stat)[1])
     found: set[int] = set()
     frontier = {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
+
+
+def stat_fields(stat: str) -> list[str]:
+    """The fields of a /proc stat line after the command's name (which may hold spaces): the
+    state first, then the parent, ... (proc(5) numbers them from 3)."""
+    return stat.rsplit(")", 1)[1].split()
 
 
 def alive(pid: int) -> bool:
@@ -132,7 +138,7 @@ def alive(pid: int) -> bool:
         return False
     for thread in threads:
         try:
-            if (thread / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if stat_fields((thread / "stat").read_text())[0] != "Z":
                 return True
         except OSError:  # that thread has just ended
             continue

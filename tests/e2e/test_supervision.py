@@ -15,7 +15,7 @@ import httpx
 from localinfra.process import port_open, reserved_ports
 from localinfra.stack import LocalStack
 from tests.conftest import Isolated
-from tests.e2e.system import System, alive, descendants
+from tests.e2e.system import System, alive, descendants, stat_fields
 from tests.waiting import eventually
 
 
@@ -63,9 +63,7 @@ def test_a_crash_loop_is_given_up_alone_and_a_killed_supervisor_leaves_no_orphan
             assert len(children) >= 4
             # The projector yields the cores to the command path, with every thread of it.
             niceness = {pid: _niceness(pid) for pid in children}
-            projector = [pid for pid in children if b"projector" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-            assert len(projector) == 1
-            assert niceness.pop(projector[0]) == {10}
+            assert niceness.pop(system.child("projector")) == {10}
             assert set().union(*niceness.values()) == {0}
             system.process.send_signal(signal.SIGKILL)
             system.process.wait()
@@ -110,6 +108,6 @@ def _answers(url: str) -> int | None:
 def _niceness(pid: int) -> set[int]:
     """The niceness of each thread of the process (/proc/PID/task/TID/stat, field 19)."""
     return {
-        int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        int(stat_fields((task / "stat").read_text())[16])
         for task in Path(f"/proc/{pid}/task").iterdir()
     }
