@@ -107,7 +107,4 @@ def _answers(url: str) -> int | None:
 
 def _niceness(pid: int) -> set[int]:
     """The niceness of each thread of the process (/proc/PID/task/TID/stat, field 19)."""
-    return {
-        int(stat_fields((task / "stat").read_text())[16])
-        for task in Path(f"/proc/{pid}/task").iterdir()
-    }
+    return {int(stat_fields((task / "stat").read_text())[16]) for task in Path(f"/proc/{pid}/task").iterdir()}
