@@ -41,7 +41,7 @@ class LedgerSettings(KafkaSettings, AccessSettings, ServingSettings):
     processor_cached_members: int = Field(default=100_000, ge=1)
     # How long a restored partition's accounts are read into memory before its input is: a
     # command after a restart then finds its account cached. The rest are read while idle.
-    processor_warm_s: float = Field(default=10.0, ge=0)
+    processor_warm_s: float = Field(default=5.0, ge=0)
 
     @property
     def transactional_id(self) -> str:
