@@ -82,8 +82,10 @@ RECORD_ERRORS = (
 )
 
 
-# How often the cycle collector walks the accounts held (services.collector.FullCollections).
-FULL_COLLECTION_EVERY_S = 300.0
+# How often the cycle collector walks what came since its last walk, and how often everything
+# the processor holds (services.collector.FullCollections).
+FULL_COLLECTION_EVERY_S = 60.0
+ALL_OBJECTS_EVERY_S = 3600.0
 # How long an idle turn of the loop reads accounts into the cache ahead of use (StateStore.warm):
 # short, as a command arriving meanwhile waits for it.
 WARM_SLICE_S = 0.005
@@ -207,7 +209,7 @@ class Processor:
             self._producer.init_transactions()
             log.info("processor started", extra={"transactional_id": self._settings.transactional_id})
             collector.freeze_survivors()
-            with collector.FullCollections(FULL_COLLECTION_EVERY_S) as full_collections:
+            with collector.FullCollections(FULL_COLLECTION_EVERY_S, ALL_OBJECTS_EVERY_S) as full_collections:
                 while not stop.is_set():
                     with collector.paused():
                         self._step()
