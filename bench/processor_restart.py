@@ -6,7 +6,8 @@ group has committed every purchase (its throughput). Then it stops the processor
 and starts it again twice with the same instance name: once with its local store (only the
 changelog's tail to read), once with the store deleted (a full restore from the compacted
 changelog). For each start it prints the time from process start to the last "partition
-restored" line of the assignment (ready), each partition's restore, and the group joins and
+resumed" line of the assignment (ready: restored, and its accounts read into memory for at most
+LOYALTY_PROCESSOR_WARM_S), each partition's restore, and the group joins and
 assignments seen (more than one of either: the instance lost its membership). The changelog's
 size and a bare transactional loop, measured in the same run, give the figures a scale.
 
@@ -72,7 +73,13 @@ LOST = (
     "fenced",
     "transaction failed",
 )
-PROCESSOR_LINES = ("processor started", "processor stopped", "partitions assigned", "partition restored")
+PROCESSOR_LINES = (
+    "processor started",
+    "processor stopped",
+    "partitions assigned",
+    "partition restored",
+    "partition resumed",
+)
 
 
 class LogTail:
@@ -109,7 +116,9 @@ class Run:
     process: subprocess.Popen[bytes]
     assignments: list[tuple[float, list[int]]] = field(default_factory=list)
     restored: dict[int, dict[str, Any]] = field(default_factory=dict)  # of the latest assignment
-    ready_at: float | None = None  # every partition of the latest assignment restored
+    restored_at: float | None = None  # every partition of the latest assignment restored
+    resumed: dict[int, dict[str, Any]] = field(default_factory=dict)  # of the latest assignment
+    ready_at: float | None = None  # every partition of the latest assignment resumed (warmed)
     joins: list[tuple[float, str]] = field(default_factory=list)  # (when, generation)
     # A later assignment that came while the one before it was being restored: (when, restored, of).
     interrupted: list[tuple[float, int, int]] = field(default_factory=list)
@@ -135,16 +144,20 @@ class Run:
             if self.assignments and self.ready_at is None:
                 self.interrupted.append((at, len(self.restored), len(self.assignments[-1][1])))
             self.assignments.append((at, list(line.get("partitions", []))))
-            self.restored, self.ready_at = {}, None
-        elif msg == "partition restored":
+            self.restored, self.restored_at, self.resumed, self.ready_at = {}, None, {}, None
+        elif msg in ("partition restored", "partition resumed"):
             partition = int(line["partition"])
             current = set(self.assignments[-1][1]) if self.assignments else set()
-            if partition in current:
+            if partition not in current:
+                self.notes.append(self._describe(line, at, "(not in the latest assignment)"))
+            elif msg == "partition restored":
                 self.restored[partition] = line
                 if set(self.restored) >= current:
-                    self.ready_at = at
+                    self.restored_at = at
             else:
-                self.notes.append(self._describe(line, at, "(not in the latest assignment)"))
+                self.resumed[partition] = line
+                if set(self.resumed) >= current:
+                    self.ready_at = at
         if msg.startswith("Successfully joined group"):
             generation = re.search(r"Generation (-?\d+)", msg)
             self.joins.append((at, generation.group(1) if generation else "?"))
@@ -285,12 +298,16 @@ def bytes_on_disk(topic: str, partition: int) -> int | None:
 
 def report_restart(name: str, run: Run, before: StoreSummary, after: StoreSummary) -> float:
     """Print one restart's figures; returns the seconds from process start to ready."""
-    assert run.ready_at is not None
+    assert run.ready_at is not None and run.restored_at is not None
     ready = run.ready_at - run.started
     assigned = run.assignments[-1][0] - run.started
+    restored = run.restored_at - run.started
+    cached = sum(int(line["cached"]) for line in run.resumed.values())
     print(f"restart {name}: ready {ready:.2f} s after process start", flush=True)
     print(
-        f"  assigned {assigned:.2f} s after start; restored {ready - assigned:.2f} s after that", flush=True
+        f"  assigned {assigned:.2f} s after start; restored {restored - assigned:.2f} s after that; "
+        f"{cached:,} accounts read into memory in the {ready - restored:.2f} s after that",
+        flush=True,
     )
     total_records = 0
     for partition, line in sorted(run.restored.items()):
@@ -464,7 +481,7 @@ def main() -> None:
                 flush=True,
             )
             restored = sum(int(line["records"]) for line in third.restored.values())
-            restore_s = third.ready_at - third.assignments[-1][0] if third.ready_at else 0.0
+            restore_s = third.restored_at - third.assignments[-1][0] if third.restored_at else 0.0
             print(
                 f"ratios: ready with the store {with_store:.2f} s, without {without_store:.2f} s "
                 f"({without_store / with_store:.1f}x); the full restore took "

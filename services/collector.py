@@ -44,6 +44,14 @@ def freeze_survivors() -> None:
     gc.freeze()
 
 
+def freeze_young_survivors() -> None:
+    """`freeze_survivors` after a young collection only: for objects a service has just read and
+    will keep (the processor's accounts, read ahead), so that no full collection walks them again;
+    a full collection first would itself be the stall avoided (700 ms for 2,000 accounts)."""
+    gc.collect(1)
+    gc.freeze()
+
+
 class FullCollections:
     """Full collections at a time of the service's choosing: at most once per `every_s`, over the
     objects that came since the last one, and over every object once per `all_every_s`.

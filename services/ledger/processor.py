@@ -89,6 +89,9 @@ ALL_OBJECTS_EVERY_S = 3600.0
 # How long an idle turn of the loop reads accounts into the cache ahead of use (StateStore.warm):
 # short, as a command arriving meanwhile waits for it.
 WARM_SLICE_S = 0.005
+# The same before a restored partition's input is read: the commands of partitions already
+# serving wait for it too, but there are none right after a start, when every partition warms.
+WARM_UP_SLICE_S = 0.05
 # The fewest records a poll asks for, however slow the last batch was.
 MIN_BATCH = 100
 # Waits before a new producer is tried again while the broker is away: doubling up to the last.
@@ -166,6 +169,9 @@ class Processor:
             settings.topic_commands: parse_command_record,
         }
         self._restore = Restore(settings, self.store, self._committed_offsets)
+        # Restored partitions whose accounts are read into memory before their input is read:
+        # the committed input offsets to resume from, and until when at most (monotonic).
+        self._warming: dict[int, tuple[dict[str, int] | None, float]] = {}
         # Restored partitions whose ownership is still to be announced (services.ledger.ownership).
         self._unannounced: set[int] = set()
         # Consecutive failed transactions, and the records to set aside when read again.
@@ -197,8 +203,8 @@ class Processor:
 
     @property
     def ready(self) -> bool:
-        """Owns partitions and has restored every one of them."""
-        return bool(self.store.owned()) and not self._restore.pending
+        """Owns partitions and has restored and warmed every one of them."""
+        return bool(self.store.owned()) and not self._restore.pending and not self._warming
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -239,6 +245,7 @@ class Processor:
     def revoked(self, partitions: set[int]) -> None:
         self.store.park(partitions)
         self._restore.remove(partitions)
+        self._warming = {p: warming for p, warming in self._warming.items() if p not in partitions}
         self._unannounced -= partitions
         self._ticked = {where: done for where, done in self._ticked.items() if where[1] not in partitions}
         self.rules_unchecked = False
@@ -276,14 +283,34 @@ class Processor:
                 self._restore_again()
                 self._stop.wait(1)
                 return
-            for partition, offsets in restored.items():
-                self._resume(partition, offsets)
-        waiting, warming = self._restore.pending, self.store.warming()
+            until = time.monotonic() + self._settings.processor_warm_s
+            self._warming.update((partition, (offsets, until)) for partition, offsets in restored.items())
+        if self._warming:
+            self._warm_up()
+        waiting, warming = self._restore.pending or self._warming, self.store.warming()
         batch = self._consumer.poll(timeout_ms=0 if waiting or warming else 200, max_records=self._fits)
         if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
         elif warming and not self.store.warm(WARM_SLICE_S):
             log.info("accounts read ahead", extra={"cached": self.store.cached()})
+
+    def _warm_up(self) -> None:
+        """Read the restored partitions' accounts into memory, then read their input: each once
+        every account is cached, or once its `processor_warm_s` is up (the rest are read while
+        idle). A restored partition is announced, and so ready, only then."""
+        if any(time.monotonic() < until for _, until in self._warming.values()):
+            self.store.warm(WARM_UP_SLICE_S)
+        now = time.monotonic()
+        for partition, (offsets, until) in list(self._warming.items()):
+            if self.store.warming(partition) and now < until:
+                continue
+            del self._warming[partition]
+            self._resume(partition, offsets)
+            log.info(
+                "partition resumed", extra={"partition": partition, "cached": self.store.cached(partition)}
+            )
+            if not self._warming:  # the accounts read are kept: no full collection walks them again
+                collector.freeze_young_survivors()
 
     def _resume(self, partition: int, offsets: dict[str, int] | None) -> None:
         """The partition's state is restored: read its inputs from the committed offsets."""

@@ -39,6 +39,9 @@ class LedgerSettings(KafkaSettings, AccessSettings, ServingSettings):
     state_dir: Path = Path(".state")
     # Accounts kept in memory per owned partition; the rest are read from the local copy.
     processor_cached_members: int = Field(default=100_000, ge=1)
+    # How long a restored partition's accounts are read into memory before its input is: a
+    # command after a restart then finds its account cached. The rest are read while idle.
+    processor_warm_s: float = Field(default=10.0, ge=0)
 
     @property
     def transactional_id(self) -> str:
