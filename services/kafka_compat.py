@@ -1,5 +1,6 @@
-"""Fixes for kafka-python 3.0.12: its group membership, closing a producer the broker cannot
-reach, sending a transaction's offsets without blocking, and the cost of its own metrics.
+"""Fixes for kafka-python 3.0.12: its group membership, paused partitions, closing a producer
+the broker cannot reach, sending a transaction's offsets without blocking, and the cost of its
+own metrics.
 
 Group membership (installed by every group consumer we run):
 
@@ -12,6 +13,15 @@ turns false, and the next polls never collect the finished join: the consumer ke
 membership but fetches nothing, silently, until the session times out. The Java client fixed the
 same hole by requesting the rejoin when it detects the change (KAFKA-9815); this does the same, so
 the flag stays set until the join completes.
+
+Paused partitions (installed with it): the fetcher keeps the records of a partition paused while
+they were next in line, and gives them back once the partition is resumed, but only when no
+other partition's records hold that line. Records read to the end still hold it, so after such
+a resume the partition's parked records never come back, and the fetcher never asks for that
+partition again while they are parked: its input stops, silently, for good. The processor
+pauses a partition's input while it restores it, and a rebalance that leaves it in place pauses
+it mid-read, while the other partitions go on; a zombie test stalled on it. This frees the line
+once its records are read to the end, as it is freed when they are parked.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from kafka import KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import Fetcher
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
@@ -28,6 +39,7 @@ from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 NO_CLIENT_METRICS: dict[str, Any] = {"metrics_enabled": False}
 
 _need_rejoin = ConsumerCoordinator.need_rejoin
+_fetched_records = Fetcher.fetched_records
 
 
 def _need_rejoin_until_joined(self: ConsumerCoordinator) -> bool:
@@ -37,10 +49,19 @@ def _need_rejoin_until_joined(self: ConsumerCoordinator) -> bool:
     return needed
 
 
-def keep_rejoin_requested() -> None:
-    """Install the fix (idempotent); called before a group consumer is created."""
+def _fetched_records_giving_back_parked(self: Fetcher, *args: Any, **kwargs: Any) -> Any:
+    in_line = self._next_partition_records
+    if in_line is not None and not in_line:  # read to the end: as good as none
+        self._next_partition_records = None
+    return _fetched_records(self, *args, **kwargs)
+
+
+def install_consumer_fixes() -> None:
+    """Install the fixes (idempotent); called before a group consumer is created."""
     if ConsumerCoordinator.need_rejoin is not _need_rejoin_until_joined:
         ConsumerCoordinator.need_rejoin = _need_rejoin_until_joined
+    if Fetcher.fetched_records is not _fetched_records_giving_back_parked:
+        Fetcher.fetched_records = _fetched_records_giving_back_parked
 
 
 def close_producer(producer: KafkaProducer, timeout_s: float) -> None:

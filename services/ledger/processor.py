@@ -44,7 +44,7 @@ from services import collector
 from services.kafka_compat import (
     NO_CLIENT_METRICS,
     close_producer,
-    keep_rejoin_requested,
+    install_consumer_fixes,
     start_sending_offsets,
 )
 from services.ledger.command_messages import (
@@ -147,7 +147,7 @@ class Processor:
         self.store = StateStore(settings)
         self.partitions = settings.partitions
         self.rules_unchecked = False
-        keep_rejoin_requested()
+        install_consumer_fixes()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.processor_group,
