@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import datetime
 
 from bench.end_to_end import measure
-from bench.serving_load import _purchases, attack, pct, vegeta
+from bench.serving_load import attack, pct, purchase_targets, vegeta
 from bench.stack import RunningStack, loyalty_run
 
 WINDOW_S = 5
@@ -88,7 +88,7 @@ def main() -> None:
     extra = dict(setting.split("=", 1) for setting in args.settings)
     with loyalty_run(extra) as stack:
         measure(args.purchases, args.members, stack)
-        targets = _purchases(stack, args.members, args.rate, args.seconds)
+        targets = purchase_targets(stack, args.members, args.rate, args.seconds)
         results: list[dict[str, object]] = []
         load = threading.Thread(target=lambda: results.extend(attack(targets, args.rate, args.seconds)))
         load.start()

@@ -160,16 +160,19 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
             "POST /v1/purchases, warm-up (not counted)",
             rate,
             warmup,
-            attack(_purchases(stack, members, rate, warmup), rate, warmup),
+            attack(purchase_targets(stack, members, rate, warmup), rate, warmup),
         )
     started_ms = time.time() * 1000
     report(
-        "POST /v1/purchases", rate, seconds, attack(_purchases(stack, members, rate, seconds), rate, seconds)
+        "POST /v1/purchases",
+        rate,
+        seconds,
+        attack(purchase_targets(stack, members, rate, seconds), rate, seconds),
     )
     in_processor(stack, started_ms)
 
 
-def _purchases(stack: RunningStack, members: int, rate: int, seconds: float) -> list[dict[str, object]]:
+def purchase_targets(stack: RunningStack, members: int, rate: int, seconds: float) -> list[dict[str, object]]:
     """Targets for new purchases, each with an id of its own."""
     auth = {"Authorization": [f"Bearer {stack.admin_key}"], "Content-Type": ["application/json"]}
     run = uuid.uuid4().hex[:6]

@@ -33,22 +33,17 @@ def paused() -> Iterator[None]:
             gc.enable()
 
 
-def freeze_survivors() -> None:
-    """Set aside everything alive now, for good: later full collections walk only what came after.
+def freeze_survivors(generation: int = 2) -> None:
+    """Set aside what survives a collection of `generation` (2: everything alive now), so that
+    later full collections walk only what comes after, until `FullCollections` walks everything.
 
-    Called once a service has started (modules, schemas, routes, Kafka clients). A full collection
+    Called once a service has started (modules, schemas, routes, Kafka clients): a full collection
     over all of that took up to 125 ms in the ledger API, a stall every request in flight waited
-    out. The processor's accounts come later and change: `FullCollections` keeps them.
+    out. The processor also calls it with generation 1 for the accounts it has just read ahead and
+    will keep: a full collection first would itself be the stall avoided (700 ms for 2,000
+    accounts).
     """
-    gc.collect()
-    gc.freeze()
-
-
-def freeze_young_survivors() -> None:
-    """`freeze_survivors` after a young collection only: for objects a service has just read and
-    will keep (the processor's accounts, read ahead), so that no full collection walks them again;
-    a full collection first would itself be the stall avoided (700 ms for 2,000 accounts)."""
-    gc.collect(1)
+    gc.collect(generation)
     gc.freeze()
 
 

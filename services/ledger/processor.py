@@ -310,7 +310,7 @@ class Processor:
                 "partition resumed", extra={"partition": partition, "cached": self.store.cached(partition)}
             )
             if not self._warming:  # the accounts read are kept: no full collection walks them again
-                collector.freeze_young_survivors()
+                collector.freeze_survivors(generation=1)
 
     def _resume(self, partition: int, offsets: dict[str, int] | None) -> None:
         """The partition's state is restored: read its inputs from the committed offsets."""
