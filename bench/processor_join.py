@@ -11,7 +11,8 @@ decision. A bare transactional loop of the same run gives the figures a scale.
     .venv/bin/python -m bench.processor_join [--rate 200] [--seconds 60] [--join-at 15]
         [--purchases 30000] [--members 2000]
 
-The processors' logs stay in /tmp/bench-processor-join-<pid>/.
+The processors' logs (with the group coordinator's lines and each batch committed) stay in
+/tmp/bench-processor-join-<pid>/.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ WINDOW_S = 5
 
 
 def start_processor(instance: str, log: Path) -> subprocess.Popen[bytes]:
+    """A processor process, its log with the group coordinator's lines and each batch committed."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "processor"],
-            env={**os.environ, "LOYALTY_PROCESSOR_INSTANCE": instance},
+            [sys.executable, "-m", "bench.processor_restart", "--run-processor"],
+            env={**os.environ, "LOYALTY_PROCESSOR_INSTANCE": instance, "LOYALTY_LOG_LEVEL": "DEBUG"},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -185,16 +187,14 @@ def main() -> None:
                 time.sleep(0.5)
             decisions.stop()
             joiner.join()
+            moved = set().union(*assigned(logs / "second.log"))  # before a stop moves the rest
+            before = [sorted(a) for a in assigned(logs / "first.log")]
         finally:
             for process in (first, second):
                 if process is not None and process.poll() is None:
                     process.terminate()
                     process.wait(timeout=30)
-        moved = set().union(*assigned(logs / "second.log"))
-        print(
-            f"moved to the second processor: partitions {sorted(moved)}; first processor's assignments: "
-            f"{[sorted(a) for a in assigned(logs / 'first.log')]}"
-        )
+        print(f"moved to the second processor: {sorted(moved)}; the first one's assignments: {before}")
         by_partition = {
             purchase_id: (at, partition_for(member, settings.partitions) in moved)
             for purchase_id, (at, member) in sent.items()
