@@ -29,12 +29,11 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from bench.processor_throughput import bare_loop, load, time_until_consumed
+from bench.processor_throughput import loaded, time_until_consumed
 from bench.serving_load import pct
 from bench.stack import bench_env
 from services.ledger.partitioning import partition_for
 from services.ledger.settings import LedgerSettings
-from services.ledger.topics import ensure_topics
 
 WINDOW_S = 5
 
@@ -154,12 +153,7 @@ def main() -> None:
     logs.mkdir(exist_ok=True)
     with bench_env() as env:
         os.environ.update(env)
-        settings = LedgerSettings()
-        ensure_topics(settings)
-        print(f"loading {args.purchases} purchases for {args.members} members ...", flush=True)
-        load(settings, settings.topic_purchases, args.purchases, args.members)
-        ceiling = bare_loop(settings, settings.topic_purchases, args.purchases)
-        print(f"bare transactional loop: {ceiling:,.0f} records/s", flush=True)
+        settings, _ = loaded(args.purchases, args.members)
         first = start_processor("first", logs / "first.log")
         second = None
         try:

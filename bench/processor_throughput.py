@@ -146,6 +146,18 @@ def bare_loop(settings: LedgerSettings, source: str, total: int) -> float:
     return total / elapsed
 
 
+def loaded(purchases: int, members: int) -> tuple[LedgerSettings, float]:
+    """This run's topics, `purchases` loaded onto the inbound one, and the bare loop's ceiling
+    over them (records/s), printed."""
+    settings = LedgerSettings()
+    ensure_topics(settings)
+    print(f"loading {purchases} purchases for {members} members ...", flush=True)
+    load(settings, settings.topic_purchases, purchases, members)
+    ceiling = bare_loop(settings, settings.topic_purchases, purchases)
+    print(f"bare transactional loop: {ceiling:,.0f} records/s", flush=True)
+    return settings, ceiling
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--purchases", type=int, default=100_000)
@@ -155,12 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     with bench_env() as env:
         os.environ.update(env)  # the processes it starts and these settings read the same
-        settings = LedgerSettings()
-        ensure_topics(settings)
-        print(f"loading {args.purchases} purchases for {args.members} members ...", flush=True)
-        load(settings, settings.topic_purchases, args.purchases, args.members)
-        ceiling = bare_loop(settings, settings.topic_purchases, args.purchases)
-        print(f"bare transactional loop: {ceiling:,.0f} records/s", flush=True)
+        settings, ceiling = loaded(args.purchases, args.members)
         log = open(f"/tmp/bench-processor-{os.getpid()}.log", "wb")  # noqa: SIM115
         processors = [
             subprocess.Popen(
