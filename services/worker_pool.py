@@ -34,6 +34,7 @@ class Worker:
     host: str
     port: int
     access_log: bool
+    keep_alive_s: int
 
 
 class StartupFailed(Exception):
@@ -96,6 +97,11 @@ def _serve(worker: Worker) -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.bind((worker.host, worker.port))
     config = uvicorn.Config(
-        worker.factory, factory=True, access_log=worker.access_log, log_config=None, backlog=2048
+        worker.factory,
+        factory=True,
+        access_log=worker.access_log,
+        log_config=None,
+        backlog=2048,
+        timeout_keep_alive=worker.keep_alive_s,
     )
     uvicorn.Server(config).run(sockets=[listener])

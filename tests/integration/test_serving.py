@@ -72,6 +72,33 @@ def test_a_burst_of_connections_is_dealt_out_among_the_workers(isolated: Isolate
     assert all(count > 0 for count in held.values()), f"every worker holds some connections: {held}"
 
 
+def test_an_idle_connection_stays_open_longer_than_uvicorns_five_seconds(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    """A server that closes an idle connection first races the client's next request on it, which
+    is then reset (seen under overload): the client is to close first, as clients keep theirs idle
+    for longer than uvicorn's default 5 s (Go's 90 s)."""
+    with (
+        _read_api(isolated, tmp_path / "read-api.log") as (_, port),
+        socket.create_connection(("127.0.0.1", port), timeout=10) as connection,
+    ):
+        assert _healthz(connection).startswith(b"HTTP/1.1 200")
+        time.sleep(6)
+        assert _healthz(connection).startswith(b"HTTP/1.1 200"), "the connection was closed while idle"
+
+
+def _healthz(connection: socket.socket) -> bytes:
+    """GET /healthz on the open connection: the answer, or b"" if the server had closed it."""
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    answer = b""
+    while not answer.endswith(b"}"):
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
 def test_a_worker_that_dies_is_replaced(isolated: Isolated, tmp_path: Path) -> None:
     with _read_api(isolated, tmp_path / "read-api.log") as (server, port):
         victim, survivor = _workers(server.pid)
