@@ -165,23 +165,25 @@ def main() -> None:
             )
             decisions = Decisions(settings)
             decisions.start()
-            joined: list[float] = []
+            joined = [time.monotonic() + args.join_at]  # no second processor past --seconds
 
             def join() -> None:
                 nonlocal second
                 time.sleep(args.join_at)
-                joined.append(time.monotonic())
+                joined[0] = time.monotonic()
                 second = start_processor("second", logs / "second.log")
 
             joiner = threading.Thread(target=join, daemon=True)
-            joiner.start()
+            if args.join_at < args.seconds:
+                joiner.start()
             sent = send(settings, args.rate, args.seconds, args.members)
             deadline = time.monotonic() + 60
             while len(decisions.seen) < len(sent) and time.monotonic() < deadline:
                 time.sleep(0.5)
             decisions.stop()
-            joiner.join()
-            moved = set().union(*assigned(logs / "second.log"))  # before a stop moves the rest
+            if joiner.ident is not None:  # started
+                joiner.join()
+            moved = set().union(*assigned(logs / "second.log")) if second else set()
             before = [sorted(a) for a in assigned(logs / "first.log")]
         finally:
             for process in (first, second):
