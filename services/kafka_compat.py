@@ -22,14 +22,6 @@ partition again while they are parked: its input stops, silently, for good. The 
 pauses a partition's input while it restores it, and a rebalance that leaves it in place pauses
 it mid-read, while the other partitions go on; a zombie test stalled on it. This frees the line
 once its records are read to the end, as it is freed when they are parked.
-
-Reading through a cooperative rebalance (installed with them): under KIP-429 a member keeps the
-partitions it owns while the group rebalances, and Java's consumer goes on returning their
-records meanwhile. kafka-python's `poll` returns none until its join completes, and a join waits
-for every member of the group to rejoin, which a member learns of at its next heartbeat (up to
-3 s here), twice for a partition that moves. With a second processor joining, the first one's
-partitions that stayed went without a decision for 4.2 s (`bench.processor_join`). Here a
-consumer that owns partitions under the cooperative protocol reads them while it rejoins.
 """
 
 from __future__ import annotations
@@ -38,7 +30,6 @@ from typing import Any, Protocol
 
 from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
-from kafka.coordinator.assignors.abstract import RebalanceProtocol
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
@@ -49,7 +40,6 @@ NO_CLIENT_METRICS: dict[str, Any] = {"metrics_enabled": False}
 
 _need_rejoin = ConsumerCoordinator.need_rejoin
 _fetched_records = Fetcher.fetched_records
-_coordinator_poll = ConsumerCoordinator.poll
 
 
 def _need_rejoin_until_joined(self: ConsumerCoordinator) -> bool:
@@ -66,22 +56,12 @@ def _fetched_records_giving_back_parked(self: Fetcher, *args: Any, **kwargs: Any
     return _fetched_records(self, *args, **kwargs)
 
 
-def _poll_reading_while_rejoining(self: ConsumerCoordinator, timeout_ms: int | None = None) -> bool:
-    """Whether the consumer may fetch: once joined, or while it rejoins keeping what it owns."""
-    if _coordinator_poll(self, timeout_ms=timeout_ms):
-        return True
-    cooperative = self._rebalance_protocol == RebalanceProtocol.COOPERATIVE
-    return cooperative and bool(self._subscription.assigned_partitions())
-
-
 def install_consumer_fixes() -> None:
     """Install the fixes (idempotent); called before a group consumer is created."""
     if ConsumerCoordinator.need_rejoin is not _need_rejoin_until_joined:
         ConsumerCoordinator.need_rejoin = _need_rejoin_until_joined
     if Fetcher.fetched_records is not _fetched_records_giving_back_parked:
         Fetcher.fetched_records = _fetched_records_giving_back_parked
-    if ConsumerCoordinator.poll is not _poll_reading_while_rejoining:
-        ConsumerCoordinator.poll = _poll_reading_while_rejoining
 
 
 def close_producer(producer: KafkaProducer, timeout_s: float) -> None:

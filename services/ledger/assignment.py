@@ -5,7 +5,7 @@ Partition *p* of every input topic goes to one member, as its state (the changel
 the members balanced, and moves them in two rounds (KIP-429, incremental cooperative
 rebalancing): the old owner gives a number up in the first, and the new owner gets it in the
 next, so no two members ever hold one. Every other partition keeps being read throughout: an
-eager rebalance revoked every partition of every member, each then restoring what it got back.
+eager rebalance stopped every partition of every member, which then restored and warmed them all.
 
 kafka-python's cooperative-sticky assignor balances topic partitions one by one, so it could give
 partition *p* of the two inputs to different members; hence this one.

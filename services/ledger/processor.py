@@ -170,9 +170,7 @@ class Processor:
             isolation_level="read_committed",
             max_poll_records=settings.processor_batch_max,
             session_timeout_ms=settings.processor_session_timeout_ms,
-            # A member learns of a rebalance at its next heartbeat, and a partition that moves
-            # waits for two rounds of it (services.ledger.assignment): 3 s each kept it 3 s longer.
-            heartbeat_interval_ms=min(1000, settings.processor_session_timeout_ms // 3),
+            heartbeat_interval_ms=min(3000, settings.processor_session_timeout_ms // 3),
             partition_assignment_strategy=[self._assignment],
             metadata_max_age_ms=30_000,
             **NO_CLIENT_METRICS,
