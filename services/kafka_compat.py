@@ -84,9 +84,6 @@ def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
 class OffsetsSent(Protocol):
     def wait(self, timeout_ms: int | None = None) -> bool: ...
 
-    @property
-    def exception(self) -> Exception | None: ...
-
 
 def start_sending_offsets(
     producer: KafkaProducer, offsets: dict[TopicPartition, OffsetAndMetadata], group: ConsumerGroupMetadata

@@ -7,10 +7,8 @@ sent with the consumer's group metadata, so a stale instance that lost its parti
 by the broker instead of committing twice.
 
 A newly assigned partition is paused until its state is restored (`restore.Restore`, in this
-loop, between polls); a rebalance moves only the partitions that change owner
-(`assignment.CoPartitionedCooperative`). A transaction that fails leaves every partition to be
-restored again, so that nothing decided in it survives in memory; one only refused by the group
-(a rebalance under way) is aborted and its batch read again, with the state as it was.
+loop, between polls); a transaction that fails leaves every partition to be restored again, so
+that nothing decided in it survives in memory.
 """
 
 from __future__ import annotations
@@ -27,8 +25,8 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import (
-    CommitFailedError,
     CorruptRecordError,
     InvalidRecordError,
     KafkaError,
@@ -45,12 +43,10 @@ from schemas.rules import ProgramRules
 from services import collector
 from services.kafka_compat import (
     NO_CLIENT_METRICS,
-    OffsetsSent,
     close_producer,
     install_consumer_fixes,
     start_sending_offsets,
 )
-from services.ledger.assignment import CoPartitionedCooperative
 from services.ledger.command_messages import (
     CommandReply,
     InvalidRecord,
@@ -112,18 +108,12 @@ class _Unprocessable(Exception):
 
 
 class _Rebalances(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Runs where the group's heartbeats are sent: it only notes the change, the loop does the work.
+    """Runs where the group's heartbeats are sent: it only notes the change, the loop does the work."""
 
-    Partitions lost (the member was dropped from the group) come here too, as revoked.
-    """
-
-    def __init__(self, processor: Processor, assignment: CoPartitionedCooperative) -> None:
+    def __init__(self, processor: Processor) -> None:
         self._processor = processor
-        self._assignment = assignment
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        revoked = set(revoked)
-        self._assignment.release(revoked)
         self._processor.revoked({tp.partition for tp in revoked})
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -157,10 +147,7 @@ class Processor:
         self.store = StateStore(settings)
         self.partitions = settings.partitions
         self.rules_unchecked = False
-        # The partitions the group gives this member, restored or not: for the logs.
-        self._assigned: set[int] = set()
         install_consumer_fixes()
-        self._assignment = CoPartitionedCooperative()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.processor_group,
@@ -171,7 +158,8 @@ class Processor:
             max_poll_records=settings.processor_batch_max,
             session_timeout_ms=settings.processor_session_timeout_ms,
             heartbeat_interval_ms=min(3000, settings.processor_session_timeout_ms // 3),
-            partition_assignment_strategy=[self._assignment],
+            # Range assignment gives one instance the same partition number of every input topic.
+            partition_assignment_strategy=[RangePartitionAssignor],
             metadata_max_age_ms=30_000,
             **NO_CLIENT_METRICS,
         )
@@ -221,7 +209,7 @@ class Processor:
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
         try:
-            self._consumer.subscribe(list(self._parsers), listener=_Rebalances(self, self._assignment))
+            self._consumer.subscribe(list(self._parsers), listener=_Rebalances(self))
             ensure_topics(self._settings)
             self.partitions = self._partition_count()
             self._producer.init_transactions()
@@ -255,33 +243,19 @@ class Processor:
         return counts[s.topic_purchases] or s.partitions
 
     def revoked(self, partitions: set[int]) -> None:
-        self._assigned -= partitions
-        log.info("partitions revoked", extra=self._assignment_change(partitions))
-        self._forget(partitions)
-
-    def assigned(self, partitions: set[int]) -> None:
-        self._assigned |= partitions
-        log.info("partitions assigned", extra=self._assignment_change(partitions))
-        self._restore_from_changelog(partitions)
-
-    def _assignment_change(self, partitions: set[int]) -> dict[str, list[int]]:
-        return {"partitions": sorted(partitions), "owned": sorted(self._assigned)}
-
-    def _forget(self, partitions: set[int]) -> None:
         self.store.park(partitions)
         self._restore.remove(partitions)
         self._warming = {p: warming for p, warming in self._warming.items() if p not in partitions}
         self._unannounced -= partitions
         self._ticked = {where: done for where, done in self._ticked.items() if where[1] not in partitions}
-        if partition_for(PROGRAM_STREAM, self.partitions) in partitions:
-            self.rules_unchecked = False
+        self.rules_unchecked = False
 
-    def _restore_from_changelog(self, partitions: set[int]) -> None:
-        """Pause the partitions' input until their state is restored (the local store's tail)."""
+    def assigned(self, partitions: set[int]) -> None:
         self.store.close(self.store.parked() - partitions)
         self.store.park(partitions)
         self._consumer.pause(*self._inputs(partitions))
         self._restore.add(partitions)
+        log.info("partitions assigned", extra={"partitions": sorted(partitions)})
 
     def _inputs(self, partitions: set[int]) -> list[TopicPartition]:
         return [TopicPartition(topic, p) for topic in self._parsers for p in sorted(partitions)]
@@ -355,7 +329,6 @@ class Processor:
         records = {tp: rs for tp, rs in records.items() if tp.partition in owned}
         batch = _Batch(self.store)
         self._sent = []
-        offsets: OffsetsSent | None = None
         try:
             self._producer.begin_transaction()
             consumed = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
@@ -394,9 +367,8 @@ class Processor:
                 if isinstance(error, ProducerFencedError):
                     raise
                 raise ProducerFencedError(str(error)) from error
-            if not (_refused_by_group(error, offsets) and self._read_again(records)):
-                log.exception("transaction failed; restoring the state and reading the batch again")
-                self._start_over()
+            log.exception("transaction failed; restoring the state and reading the batch again")
+            self._start_over()
             self._failures += 1
             time.sleep(min(0.05 * 2**self._failures, 5.0))
             return
@@ -420,27 +392,6 @@ class Processor:
                 "store_ms": round((time.perf_counter() - committed) * 1000, 2),
             },
         )
-
-    def _read_again(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> bool:
-        """Abort a transaction the group refused, and read its batch again; False if it cannot be
-        aborted. The state needs no restore: it changes only once a transaction commits.
-
-        The group refuses the offsets of a member whose generation has moved on: a rebalance
-        completed meanwhile. What this member keeps, nobody else has written to; what it lost,
-        its next owner restores.
-        """
-        try:
-            self._producer.abort_transaction()
-        except KafkaError:
-            return False
-        log.info("transaction refused by the group; reading the batch again")
-        assigned = self._consumer.assignment()
-        for tp, partition_records in records.items():
-            if tp in assigned:
-                self._consumer.seek(tp, partition_records[0].offset)
-        read = {tp.partition for tp in records}
-        self._ticked = {where: done for where, done in self._ticked.items() if where[1] not in read}
-        return True
 
     def _fence(self, partitions: set[int], consumed: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Send the partitions' offsets even when nothing was read from them: the group then
@@ -514,8 +465,8 @@ class Processor:
     def _restore_again(self) -> None:
         """Forget every owned partition's state in memory and restore it from the changelog."""
         partitions = self.store.owned() | self._restore.pending
-        self._forget(partitions)
-        self._restore_from_changelog(partitions)
+        self.revoked(partitions)
+        self.assigned(partitions)
 
     def _record_rules(self, batch: _Batch) -> None:
         """Record the rules in force in the program's stream when they differ from the last recorded."""
@@ -769,16 +720,6 @@ class Processor:
             headers=record.headers or [],
             partition=partition,
         )
-
-
-def _refused_by_group(error: KafkaError, offsets: OffsetsSent | None) -> bool:
-    """Whether the group refused the transaction's offsets, before its commit was asked for.
-
-    kafka-python reports that as CommitFailedError from the offsets' request, and to a send
-    after it as a plain KafkaError with the cause among its arguments.
-    """
-    causes = [error, *error.args, offsets.exception if offsets is not None else None]
-    return any(isinstance(cause, CommitFailedError) for cause in causes)
 
 
 def _fenced(error: KafkaError) -> bool:

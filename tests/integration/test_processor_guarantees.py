@@ -196,13 +196,13 @@ def test_two_processors_split_the_partitions_and_one_takes_over_when_the_other_d
     a = spawn("processor", {**env, "LOYALTY_PROCESSOR_INSTANCE": "a"}, logs[0])
     b = None
     try:
-        eventually(lambda: assigned(logs[0]) == {0, 1, 2, 3}, timeout_s=60, what="a owns everything")
+        eventually(lambda: _assigned(logs[0]) == {0, 1, 2, 3}, timeout_s=60, what="a owns everything")
         b = spawn("processor", {**env, "LOYALTY_PROCESSOR_INSTANCE": "b"}, logs[1])
         eventually(
             lambda: (
-                assigned(logs[1])
-                and assigned(logs[0]) | assigned(logs[1]) == {0, 1, 2, 3}
-                and not assigned(logs[0]) & assigned(logs[1])
+                _assigned(logs[1])
+                and _assigned(logs[0]) | _assigned(logs[1]) == {0, 1, 2, 3}
+                and not _assigned(logs[0]) & _assigned(logs[1])
             ),
             timeout_s=60,
             what="a split",
@@ -225,7 +225,7 @@ def test_two_processors_split_the_partitions_and_one_takes_over_when_the_other_d
             timeout_s=90,
             what="second purchases after the takeover",
         )
-        assert assigned(logs[0]) == {0, 1, 2, 3}
+        assert _assigned(logs[0]) == {0, 1, 2, 3}
     finally:
         for process in (a, b):
             if process is not None and process.poll() is None:
@@ -237,13 +237,10 @@ def test_two_processors_split_the_partitions_and_one_takes_over_when_the_other_d
     assert_chains_intact(member_events)
 
 
-def assigned(log: Path) -> set[int]:
-    """The partitions the instance owns after its latest change of assignment, from its log."""
+def _assigned(log: Path) -> set[int]:
+    """The partitions of the instance's latest assignment, from its structured log."""
     latest: set[int] = set()
     for line in log.read_text().splitlines() if log.exists() else []:
-        if line.startswith("{") and json.loads(line).get("msg") in (
-            "partitions assigned",
-            "partitions revoked",
-        ):
-            latest = set(json.loads(line)["owned"])
+        if line.startswith("{") and json.loads(line).get("msg") == "partitions assigned":
+            latest = set(json.loads(line)["partitions"])
     return latest
