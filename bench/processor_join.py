@@ -30,7 +30,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 
 from bench.processor_throughput import loaded, time_until_consumed
-from bench.serving_load import pct
+from bench.serving_load import spread
 from bench.stack import bench_env
 from services.ledger.partitioning import partition_for
 from services.ledger.settings import LedgerSettings
@@ -129,10 +129,7 @@ def report(sent: dict[str, tuple[float, bool]], seen: dict[str, float], joined: 
             rows.setdefault((window, moved), []).append((seen[purchase_id] - at) * 1000)
     for window, moved in sorted(rows):
         latencies = sorted(rows[(window, moved)])
-        print(
-            f"  {window:+4d} s  {'moved' if moved else 'kept '}  {len(latencies):5d}  "
-            f"p50 {pct(latencies, 0.5):6.0f}  p99 {pct(latencies, 0.99):6.0f}  max {latencies[-1]:6.0f}"
-        )
+        print(f"  {window:+4d} s  {'moved' if moved else 'kept '}  {len(latencies):5d}  {spread(latencies)}")
     if missing := sum(purchase_id not in seen for purchase_id in sent):
         print(f"  {missing} purchases not decided by the end")
     kept = sorted(seen[p] for p, (_, moved) in sent.items() if p in seen and not moved)

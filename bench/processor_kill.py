@@ -26,7 +26,7 @@ from collections import Counter
 from datetime import datetime
 
 from bench.end_to_end import measure
-from bench.serving_load import attack, pct, purchase_targets, vegeta
+from bench.serving_load import attack, purchase_targets, spread, vegeta
 from bench.stack import RunningStack, loyalty_run
 
 WINDOW_S = 5
@@ -64,10 +64,7 @@ def report(results: list[dict[str, object]], killed: float) -> None:
         within = windows[start]
         codes = Counter(int(str(result["code"])) for result in within)
         latencies = sorted(int(str(result["latency"])) / 1e6 for result in within)
-        print(
-            f"  {start:+4d} s  {len(within):5d} sent  {dict(sorted(codes.items()))}  "
-            f"p50 {pct(latencies, 0.5):6.0f}  p99 {pct(latencies, 0.99):6.0f}  max {latencies[-1]:6.0f}"
-        )
+        print(f"  {start:+4d} s  {len(within):5d} sent  {dict(sorted(codes.items()))}  {spread(latencies)}")
     totals = Counter(int(str(result["code"])) for result in results)
     print(f"  total {len(results)} sent: {dict(sorted(totals.items()))}")
     errors = Counter(str(result.get("error") or "") for result in results if result.get("error"))

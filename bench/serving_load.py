@@ -113,6 +113,11 @@ def pct(sorted_values: list[float], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
 
 
+def spread(sorted_ms: list[float]) -> str:
+    """p50, p99 and max of sorted latencies in ms, as the per-window lines print them."""
+    return f"p50 {pct(sorted_ms, 0.5):6.0f}  p99 {pct(sorted_ms, 0.99):6.0f}  max {sorted_ms[-1]:6.0f}"
+
+
 def ceiling(seconds: float) -> None:
     """The bare app at a rate past what it can serve: its achieved rate is the machine's ceiling."""
     workers = ServingSettings().api_workers
