@@ -36,7 +36,7 @@ from kafka.errors import (
     RecordListTooLargeError,
 )
 from kafka.producer.future import FutureRecordMetadata
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 
 from schemas.events import CommandRejected, Event, EventData
 from schemas.rules import ProgramRules
@@ -325,6 +325,10 @@ class Processor:
 
     def _commit(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()
+        group = self._consumer.group_metadata()
+        if group.generation_id < 0:
+            self._read_again(records)
+            return
         owned = self.store.owned()
         records = {tp: rs for tp, rs in records.items() if tp.partition in owned}
         batch = _Batch(self.store)
@@ -335,10 +339,10 @@ class Processor:
             if self.rules_unchecked:
                 self._record_rules(batch)
                 self._fence({partition_for(PROGRAM_STREAM, self.partitions)}, consumed)
-            announced = self._announce()
+            announced = self._announce(group)
             self._fence(announced, consumed)
             # The offsets go while the batch is decided; sent again if the batch ends early.
-            group, planned = self._consumer.group_metadata(), dict(consumed)
+            planned = dict(consumed)
             offsets = start_sending_offsets(self._producer, planned, group) if planned else None
             rewind, handled = self._handle_all(records, batch, consumed)
             state = self._state_changes(batch, consumed)
@@ -399,9 +403,21 @@ class Processor:
         for tp in self._inputs(partitions):
             consumed.setdefault(tp, OffsetAndMetadata(self._consumer.position(tp), "", -1))
 
-    def _announce(self) -> set[int]:
+    def _read_again(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Out of the group (a heartbeat learned that it was dropped): commit nothing, and read
+        the batch again once the next poll has rejoined.
+
+        The group fences a transaction's offsets by the generation sent with them, but takes
+        them unchecked when they carry none (generation -1, as after the member was dropped),
+        even while other members own the partitions. A zombie woken from a pause past its
+        session timeout would then commit again what its partitions' new owner decided.
+        """
+        log.warning("not a member of the group; batch left to be read again after rejoining")
+        for tp, polled in records.items():
+            self._consumer.seek(tp, polled[0].offset)
+
+    def _announce(self, group: ConsumerGroupMetadata) -> set[int]:
         """Tell the ledger API that this member owns and has restored these partitions."""
-        group = self._consumer.group_metadata()
         value = announcement(group.member_id, group.generation_id, self._settings.transactional_id)
         for partition in self._unannounced:
             self._send(self._settings.topic_status, partition, str(partition), value)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
+from kafka import KafkaProducer
+from kafka.structs import ConsumerGroupMetadata
 
 from schemas.rules import ProgramRules
+from services.kafka_compat import start_sending_offsets
+from services.ledger import processor as processor_module
 from services.ledger.api import create_app
 from services.ledger.processor import Processor
 from services.ledger.scheduler import Scheduler
@@ -210,6 +216,52 @@ def test_a_paused_processor_that_wakes_after_losing_its_partitions_forks_nothing
     member_events = [e for e in all_events(isolated) if not e["member_id"].startswith("$")]
     ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
     assert len(ids) == len(set(ids)) == 12_000
+    assert_chains_intact(member_events)
+
+
+def test_a_processor_dropped_from_the_group_sends_no_offsets_until_it_has_rejoined(
+    isolated: Isolated, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python resets a dropped member's generation to -1 when a heartbeat learns of the
+    drop, and the group takes a transaction's offsets that carry no generation unfenced, even
+    while other members own the partitions: a zombie woken from a pause committed a batch that
+    the new owner had committed too. Here the drop lands just as a poll has returned a batch:
+    that batch is not committed then, but read again once the member has rejoined."""
+    publish_purchases(isolated, 2_000, members=200)
+    processor = Processor(
+        isolated.ledger(processor_session_timeout_ms=6000, processor_batch_max=100), ProgramRules()
+    )
+    generations: list[int] = []
+
+    def start_sending(producer: KafkaProducer, offsets: Any, group: ConsumerGroupMetadata) -> Any:
+        generations.append(group.generation_id)
+        return start_sending_offsets(producer, offsets, group)
+
+    def send_offsets(producer: KafkaProducer, offsets: Any, group: ConsumerGroupMetadata) -> None:
+        generations.append(group.generation_id)
+        send_offsets_to_transaction(producer, offsets, group)
+
+    send_offsets_to_transaction = KafkaProducer.send_offsets_to_transaction
+    monkeypatch.setattr(processor_module, "start_sending_offsets", start_sending)
+    monkeypatch.setattr(KafkaProducer, "send_offsets_to_transaction", send_offsets)
+    dropped = threading.Event()
+    poll = processor._consumer.poll
+
+    def poll_then_drop(*args: Any, **kwargs: Any) -> Any:
+        batch = poll(*args, **kwargs)
+        if batch and len(generations) >= 3 and not dropped.is_set():
+            processor._consumer._coordinator.reset_generation()  # as on UNKNOWN_MEMBER_ID
+            dropped.set()
+        return batch
+
+    monkeypatch.setattr(processor._consumer, "poll", poll_then_drop)
+    running.start(processor.run)
+    eventually(lambda: recorded(isolated) >= 2_000, timeout_s=90, what="every purchase")
+    assert dropped.is_set()
+    assert min(generations) > 0, f"offsets sent without a generation: {generations}"
+    member_events = [e for e in all_events(isolated) if not e["member_id"].startswith("$")]
+    ids = [e["data"]["purchase_id"] for e in member_events if e["type"] == "PurchaseRecorded"]
+    assert len(ids) == len(set(ids)) == 2_000
     assert_chains_intact(member_events)
 
 
