@@ -35,6 +35,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 from kafka import KafkaConsumer, TopicPartition
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -153,8 +154,23 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     urls = [f"{stack.read}/v1/members/m-{rng.randrange(members)}/balance" for _ in range(20_000)]
     targets: list[dict[str, object]] = [{"method": "GET", "url": url, "header": auth} for url in urls]
     for rate in rates:
+        before = shed_by_reason(stack.read)
         report("GET /v1/members/{id}/balance", rate, seconds, attack(targets, rate, seconds))
+        after = shed_by_reason(stack.read)
+        shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
+        print(f"  shed by reason (the read API's metrics): {dict(sorted(shed.items()))}")
         time.sleep(2)
+
+
+def shed_by_reason(base: str) -> dict[str, int]:
+    """The API's 503s so far by why they were shed (`loyalty_http_requests_shed_total`)."""
+    prefix = "loyalty_http_requests_shed_total{"
+    counts: dict[str, int] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith(prefix):
+            labels, value = line[len(prefix) :].rsplit("} ", 1)
+            counts[labels.removeprefix('reason="').removesuffix('"')] = int(float(value))
+    return counts
 
 
 def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmup: float) -> None:

@@ -318,6 +318,8 @@ class Processor:
         for tp in tps:
             if offsets and tp.topic in offsets:
                 self._consumer.seek(tp, offsets[tp.topic])
+            else:  # none committed yet: from the start, not from where a failed batch left the consumer
+                self._consumer.seek_to_beginning(tp)
         self._consumer.resume(*tps)
         self._unannounced.add(partition)
         if partition == partition_for(PROGRAM_STREAM, self.partitions):

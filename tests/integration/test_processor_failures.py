@@ -161,6 +161,41 @@ def test_a_transaction_the_broker_refuses_is_aborted_and_its_batch_decided_again
     assert_changelog_matches_the_log(settings, events)
 
 
+def test_a_first_transaction_that_fails_before_any_offset_is_committed_loses_nothing(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    """The first transaction of a fresh deployment fails: no input offset was ever committed, so
+    the batch is read again from the start of the inputs, not from where the failed poll left
+    the consumer."""
+    settings = isolated.ledger()
+    ensure_topics(settings)
+    log = tmp_path / "processor.log"
+    with topic_config(settings.kafka_bootstrap, settings.topic_events, "max.message.bytes", REFUSING_EVENTS):
+        send_purchase(settings, "m-1", "o-1", "10.00")
+        processor = spawn("processor", {**isolated.env, "LOYALTY_STATE_DIR": str(tmp_path / "state")}, log)
+        try:
+            eventually(
+                lambda: log_lines(log, TRANSACTION_FAILED), timeout_s=30, what="the first commit failed"
+            )
+        except BaseException:
+            processor.kill()
+            raise
+    try:
+        send_purchase(settings, "m-1", "o-2", "20.00")
+        events = await_events(settings, "m-1", 5, timeout_s=30)
+    finally:
+        processor.terminate()
+        processor.wait(timeout=30)
+    assert [(e["type"], e["data"].get("purchase_id")) for e in events] == [
+        ("MemberEnrolled", None),
+        ("PurchaseRecorded", "o-1"),
+        ("PointsEarned", "o-1"),
+        ("PurchaseRecorded", "o-2"),
+        ("PointsEarned", "o-2"),
+    ]
+    assert_chains_intact(member_events(isolated))
+
+
 def test_a_fenced_processor_stops_without_committing_and_its_successor_continues_every_chain(
     isolated: Isolated, running: Running, tmp_path: Path
 ) -> None:
