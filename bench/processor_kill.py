@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 from datetime import datetime
 
 from bench.end_to_end import measure
+from bench.processes import component_pid
 from bench.serving_load import attack, purchase_targets, spread, vegeta
 from bench.stack import RunningStack, loyalty_run
 
@@ -34,15 +34,8 @@ WINDOW_S = 5
 
 def kill_processor(stack: RunningStack) -> float:
     """SIGKILL the processor child of `loyalty run`; when it was sent (epoch seconds)."""
-    children = subprocess.run(
-        ["pgrep", "-P", str(stack.process.pid)], capture_output=True, text=True, check=True
-    ).stdout.split()
-    for pid in children:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if b"processor" in cmdline.read():
-                os.kill(int(pid), signal.SIGKILL)
-                return time.time()
-    raise SystemExit("no processor among the children of loyalty run")
+    os.kill(component_pid(stack.process.pid, "processor"), signal.SIGKILL)
+    return time.time()
 
 
 def sent_at(result: dict[str, object]) -> float:

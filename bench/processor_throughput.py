@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 from kafka.structs import OffsetAndMetadata
 
+from bench.processes import cpu_seconds
 from bench.stack import bench_env
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
@@ -87,28 +88,17 @@ def time_until_consumed(
         while committed(0.05) == 0:
             pass
         time.sleep(warmup)
-        started, first, cpu = time.monotonic(), committed(0), cpu_seconds(processes)
+        started, first, cpu = time.monotonic(), committed(0), cpu_seconds(p.pid for p in processes)
         if first >= total:
             raise RuntimeError("the backlog was consumed within the warm-up: use more --purchases")
         while (done := committed(0.1)) < total:
             pass
         if processes:
-            spent = (cpu_seconds(processes) - cpu) / max(done - first, 1)
+            spent = (cpu_seconds(p.pid for p in processes) - cpu) / max(done - first, 1)
             print(f"processor CPU: {spent * 1e6:,.0f} us per purchase", flush=True)
         return (time.monotonic() - started) * total / max(done - first, 1)
     finally:
         admin.close()
-
-
-def cpu_seconds(processes: Sequence[subprocess.Popen[bytes]]) -> float:
-    """User and system CPU the processes have used so far (Linux): a figure less noisy than a rate."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for process in processes:
-        with open(f"/proc/{process.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
 
 
 def bare_loop(settings: LedgerSettings, source: str, total: int) -> float:

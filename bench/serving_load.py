@@ -43,6 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.end_to_end import measure
+from bench.processes import component_pid, cpu_seconds, with_children
 from bench.stack import RunningStack, loyalty_run, wait_ready
 from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
@@ -153,12 +154,18 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     auth = {"Authorization": [f"Bearer {stack.admin_key}"]}
     urls = [f"{stack.read}/v1/members/m-{rng.randrange(members)}/balance" for _ in range(20_000)]
     targets: list[dict[str, object]] = [{"method": "GET", "url": url, "header": auth} for url in urls]
+    read_api = with_children(component_pid(stack.process.pid, "read-api"))
     for rate in rates:
-        before = shed_by_reason(stack.read)
-        report("GET /v1/members/{id}/balance", rate, seconds, attack(targets, rate, seconds))
-        after = shed_by_reason(stack.read)
+        before, cpu = shed_by_reason(stack.read), cpu_seconds(read_api)
+        results = attack(targets, rate, seconds)
+        spent, after = cpu_seconds(read_api) - cpu, shed_by_reason(stack.read)
+        report("GET /v1/members/{id}/balance", rate, seconds, results)
         shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
-        print(f"  shed by reason (the read API's metrics): {dict(sorted(shed.items()))}")
+        served = sum(1 for result in results if result["code"] == 200)
+        print(
+            f"  shed by reason (the read API's metrics): {dict(sorted(shed.items()))}; read API CPU "
+            f"{spent / seconds:.0%} of a core, {spent / max(served, 1) * 1e6:,.0f} us per read served"
+        )
         time.sleep(2)
 
 
