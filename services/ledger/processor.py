@@ -415,8 +415,10 @@ class Processor:
         session timeout would then commit again what its partitions' new owner decided.
         """
         log.warning("not a member of the group; batch left to be read again after rejoining")
+        assigned = self._consumer.assignment()
         for tp, polled in records.items():
-            self._consumer.seek(tp, polled[0].offset)
+            if tp in assigned:  # else revoked meanwhile: its next owner reads it from the offsets
+                self._consumer.seek(tp, polled[0].offset)
 
     def _announce(self, group: ConsumerGroupMetadata) -> set[int]:
         """Tell the ledger API that this member owns and has restored these partitions."""
