@@ -162,23 +162,24 @@ def main() -> None:
             )
             decisions = Decisions(settings)
             decisions.start()
-            joined = [time.monotonic() + args.join_at]  # no second processor past --seconds
+            joined = time.monotonic() + args.join_at
+            joining = args.join_at < args.seconds  # no second processor past --seconds
 
             def join() -> None:
-                nonlocal second
+                nonlocal second, joined
                 time.sleep(args.join_at)
-                joined[0] = time.monotonic()
+                joined = time.monotonic()
                 second = start_processor("second", logs / "second.log")
 
             joiner = threading.Thread(target=join, daemon=True)
-            if args.join_at < args.seconds:
+            if joining:
                 joiner.start()
             sent = send(settings, args.rate, args.seconds, args.members)
             deadline = time.monotonic() + 60
             while len(decisions.seen) < len(sent) and time.monotonic() < deadline:
                 time.sleep(0.5)
             decisions.stop()
-            if joiner.ident is not None:  # started
+            if joining:
                 joiner.join()
             moved = set().union(*assigned(logs / "second.log")) if second else set()
             before = [sorted(a) for a in assigned(logs / "first.log")]
@@ -192,7 +193,7 @@ def main() -> None:
             purchase_id: (at, partition_for(member, settings.partitions) in moved)
             for purchase_id, (at, member) in sent.items()
         }
-        report(by_partition, decisions.seen, joined[0])
+        report(by_partition, decisions.seen, joined)
 
 
 if __name__ == "__main__":

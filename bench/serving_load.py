@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -171,13 +172,14 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
 
 def shed_by_reason(base: str) -> dict[str, int]:
     """The API's 503s so far by why they were shed (`loyalty_http_requests_shed_total`)."""
-    prefix = "loyalty_http_requests_shed_total{"
-    counts: dict[str, int] = {}
-    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
-        if line.startswith(prefix):
-            labels, value = line[len(prefix) :].rsplit("} ", 1)
-            counts[labels.removeprefix('reason="').removesuffix('"')] = int(float(value))
-    return counts
+    scrape = httpx.get(f"{base}/metrics", timeout=10).text
+    return {
+        sample.labels["reason"]: int(sample.value)
+        for family in text_string_to_metric_families(scrape)
+        if family.name == "loyalty_http_requests_shed"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
 
 
 def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmup: float) -> None:

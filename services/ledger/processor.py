@@ -358,7 +358,7 @@ class Processor:
             if offsets is not None:
                 offsets.wait()
             if consumed != planned:
-                self._producer.send_offsets_to_transaction(consumed, group)
+                start_sending_offsets(self._producer, consumed, group).wait()
             offsets_sent = time.perf_counter()
             self._check_sent()
             self._producer.commit_transaction()

@@ -237,13 +237,7 @@ def test_a_processor_dropped_from_the_group_sends_no_offsets_until_it_has_rejoin
         generations.append(group.generation_id)
         return start_sending_offsets(producer, offsets, group)
 
-    def send_offsets(producer: KafkaProducer, offsets: Any, group: ConsumerGroupMetadata) -> None:
-        generations.append(group.generation_id)
-        send_offsets_to_transaction(producer, offsets, group)
-
-    send_offsets_to_transaction = KafkaProducer.send_offsets_to_transaction
     monkeypatch.setattr(processor_module, "start_sending_offsets", start_sending)
-    monkeypatch.setattr(KafkaProducer, "send_offsets_to_transaction", send_offsets)
     dropped = threading.Event()
     poll = processor._consumer.poll
 
