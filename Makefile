@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist): most tests wait on Kafka and Postgres more than they compute.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint infra-up infra-down infra-status clean
 
@@ -19,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/loyalty run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +20,21 @@ from services.projector.settings import ProjectorSettings
 from tests.endpoints import test_endpoints
 
 RUN_ID = uuid.uuid4().hex[:8]
+SERVERS = pytest.StashKey[contextlib.ExitStack]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n`), the servers are found or started once, by the controller: its
+    workers inherit the endpoints, where each would otherwise start servers of its own in one
+    state directory."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        servers = config.stash[SERVERS] = contextlib.ExitStack()
+        os.environ.update(servers.enter_context(test_endpoints()))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SERVERS in config.stash:
+        config.stash[SERVERS].close()
 
 
 @pytest.fixture(scope="session")
