@@ -167,7 +167,21 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
             f"  shed by reason (the read API's metrics): {dict(sorted(shed.items()))}; read API CPU "
             f"{spent / seconds:.0%} of a core, {spent / max(served, 1) * 1e6:,.0f} us per read served"
         )
+        print(f"  503s by second of the attack: {shed_by_second(results)}")
         time.sleep(2)
+
+
+def shed_by_second(results: list[dict[str, object]]) -> dict[int, int]:
+    """The 503s by the second of the attack they were sent in: an episode, or spread thin."""
+    sent = [datetime.fromisoformat(str(result["timestamp"])).timestamp() for result in results]
+    start = min(sent, default=0.0)
+    return dict(
+        sorted(
+            Counter(
+                int(at - start) for at, result in zip(sent, results, strict=True) if result["code"] == 503
+            ).items()
+        )
+    )
 
 
 def shed_by_reason(base: str) -> dict[str, int]:
