@@ -168,20 +168,34 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
             f"{spent / seconds:.0%} of a core, {spent / max(served, 1) * 1e6:,.0f} us per read served"
         )
         print(f"  503s by second of the attack: {shed_by_second(results)}")
+        print(f"  from the second second on: {after_ramp(results)}")
         time.sleep(2)
+
+
+def seconds_in(results: list[dict[str, object]]) -> list[float]:
+    """When each request was sent, in seconds from the first."""
+    sent = [datetime.fromisoformat(str(result["timestamp"])).timestamp() for result in results]
+    start = min(sent, default=0.0)
+    return [at - start for at in sent]
 
 
 def shed_by_second(results: list[dict[str, object]]) -> dict[int, int]:
     """The 503s by the second of the attack they were sent in: an episode, or spread thin."""
-    sent = [datetime.fromisoformat(str(result["timestamp"])).timestamp() for result in results]
-    start = min(sent, default=0.0)
-    return dict(
-        sorted(
-            Counter(
-                int(at - start) for at, result in zip(sent, results, strict=True) if result["code"] == 503
-            ).items()
-        )
-    )
+    sent = zip(seconds_in(results), results, strict=True)
+    return dict(sorted(Counter(int(at) for at, result in sent if result["code"] == 503).items()))
+
+
+def after_ramp(results: list[dict[str, object]]) -> str:
+    """p99s without the first second. Past capacity, the client opens hundreds of connections at
+    once as its first requests wait (vegeta starts a worker, with a connection of its own, for
+    each request no worker is free for); their first requests make most of the overall p99."""
+    later = [result for at, result in zip(seconds_in(results), results, strict=True) if at >= 1.0]
+    found = []
+    for label, code in (("served", 200), ("shed", 503)):
+        latencies = sorted(int(str(result["latency"])) / 1e6 for result in later if result["code"] == code)
+        if latencies:
+            found.append(f"{label} p99 {pct(latencies, 0.99):.1f} max {latencies[-1]:.1f} ms")
+    return ", ".join(found) or "nothing"
 
 
 def shed_by_reason(base: str) -> dict[str, int]:
