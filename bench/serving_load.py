@@ -221,11 +221,15 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
             attack(purchase_targets(stack, members, rate, warmup), rate, warmup),
         )
     started_ms = time.time() * 1000
-    report(
-        "POST /v1/purchases",
-        rate,
-        seconds,
-        attack(purchase_targets(stack, members, rate, seconds), rate, seconds),
+    ledger_api = with_children(component_pid(stack.process.pid, "ledger-api"))
+    cpu = cpu_seconds(ledger_api)
+    results = attack(purchase_targets(stack, members, rate, seconds), rate, seconds)
+    spent = cpu_seconds(ledger_api) - cpu
+    report("POST /v1/purchases", rate, seconds, results)
+    decided = sum(1 for result in results if result["code"] in (200, 201))
+    print(
+        f"  ledger API CPU {spent / seconds:.0%} of a core, {spent / max(decided, 1) * 1e6:,.0f} us "
+        "per purchase decided"
     )
     in_processor(stack, started_ms)
 
