@@ -70,6 +70,7 @@ def bench_env() -> Iterator[dict[str, str]]:
                 "LOYALTY_TOPIC_STATE": f"{tag}.state",
                 "LOYALTY_TOPIC_DLQ": f"{tag}.dlq",
                 "LOYALTY_TOPIC_REPLIES": f"{tag}.replies",
+                "LOYALTY_TOPIC_STATUS": f"{tag}.status",
                 "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
                 "LOYALTY_PROCESSOR_INSTANCE": "0",
                 "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",

@@ -89,6 +89,10 @@ def isolated(endpoints: dict[str, str], request: pytest.FixtureRequest) -> Itera
         "LOYALTY_TOPIC_EVENTS": f"{tag}.events",
         "LOYALTY_TOPIC_STATE": f"{tag}.state",
         "LOYALTY_TOPIC_DLQ": f"{tag}.dlq",
+        # Shared, tests running at once (pytest-xdist) would read each other's replies, and each
+        # processor's announcements would make the other ledger API unready.
+        "LOYALTY_TOPIC_REPLIES": f"{tag}.replies",
+        "LOYALTY_TOPIC_STATUS": f"{tag}.status",
         "LOYALTY_PROCESSOR_GROUP": f"{tag}-ledger",
         "LOYALTY_PROCESSOR_INSTANCE": "0",
         "LOYALTY_PROJECTOR_GROUP": f"{tag}-projector",

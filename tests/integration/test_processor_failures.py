@@ -260,8 +260,7 @@ def test_a_command_whose_decision_raises_is_dead_lettered_and_the_partition_goes
     in December 9999: its lot would expire in 10001, past what a datetime holds) is no LedgerError,
     so it cannot be rejected as a business outcome. It is set aside as `processing_error`, its
     caller is told, and the member's next command is applied."""
-    replies = f"{isolated.env['LOYALTY_TOPIC_COMMANDS']}-replies"  # the test's own, not the shared one
-    settings = isolated.ledger(state_dir=tmp_path / "state", topic_replies=replies)
+    settings = isolated.ledger(state_dir=tmp_path / "state")
     ensure_topics(settings)
     running.start(Processor(settings, ProgramRules()).run)
     send_purchase(settings, "m-1", "o-1", "10.00")
