@@ -50,6 +50,7 @@ from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
 from services.serving import ServingSettings
 
+SUCCESS = {200, 201}
 BARE_BODY = json.dumps({"member_id": "m-0000001", "available": 1200, "pending": 0}).encode()
 
 
@@ -98,18 +99,26 @@ def report(name: str, rate: int, seconds: float, results: list[dict[str, object]
     codes = Counter(int(str(result["code"])) for result in results)
     total = len(results) or 1
     print(f"{name} at {rate}/s for {seconds:g} s: {len(results)} sent, codes {dict(sorted(codes.items()))}")
-    for label, wanted in (("served", {200, 201}), ("shed 503", {503})):
-        latencies = sorted(
-            int(str(result["latency"])) / 1e6 for result in results if int(str(result["code"])) in wanted
-        )
-        if latencies:
+    for label, wanted in (("served", SUCCESS), ("shed 503", {503})):
+        if found := latencies(results, wanted):
             print(
-                f"  {label:9} {len(latencies) / total:7.2%}  p50 {pct(latencies, 0.5):7.1f}  "
-                f"p99 {pct(latencies, 0.99):7.1f}  max {latencies[-1]:7.1f} ms"
+                f"  {label:9} {len(found) / total:7.2%}  p50 {pct(found, 0.5):7.1f}  "
+                f"p99 {pct(found, 0.99):7.1f}  max {found[-1]:7.1f} ms"
             )
     other = total - sum(codes[code] for code in (200, 201, 503))
     if other:
         print(f"  other    {other / total:7.2%}  (errors, timeouts or other statuses)")
+
+
+def latencies(results: list[dict[str, object]], codes: set[int]) -> list[float]:
+    """The latencies in ms of the results answered with one of `codes`, sorted."""
+    answered = (result for result in results if int(str(result["code"])) in codes)
+    return sorted(int(str(result["latency"])) / 1e6 for result in answered)
+
+
+def cpu_spent(spent: float, seconds: float, done: int, per: str) -> str:
+    """A component's CPU over an attack: its share of a core, and per request that succeeded."""
+    return f"{spent / seconds:.0%} of a core, {spent / max(done, 1) * 1e6:,.0f} us per {per}"
 
 
 def pct(sorted_values: list[float], share: float) -> float:
@@ -162,13 +171,14 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
         spent, after = cpu_seconds(read_api) - cpu, shed_by_reason(stack.read)
         report("GET /v1/members/{id}/balance", rate, seconds, results)
         shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
-        served = sum(1 for result in results if result["code"] == 200)
+        served = len(latencies(results, {200}))
         print(
             f"  shed by reason (the read API's metrics): {dict(sorted(shed.items()))}; read API CPU "
-            f"{spent / seconds:.0%} of a core, {spent / max(served, 1) * 1e6:,.0f} us per read served"
+            f"{cpu_spent(spent, seconds, served, 'read served')}"
         )
-        print(f"  503s by second of the attack: {shed_by_second(results)}")
-        print(f"  from the second second on: {after_ramp(results)}")
+        sent = seconds_in(results)
+        print(f"  503s by second of the attack: {shed_by_second(sent, results)}")
+        print(f"  from the second second on: {after_ramp(sent, results)}")
         time.sleep(2)
 
 
@@ -179,22 +189,23 @@ def seconds_in(results: list[dict[str, object]]) -> list[float]:
     return [at - start for at in sent]
 
 
-def shed_by_second(results: list[dict[str, object]]) -> dict[int, int]:
-    """The 503s by the second of the attack they were sent in: an episode, or spread thin."""
-    sent = zip(seconds_in(results), results, strict=True)
-    return dict(sorted(Counter(int(at) for at, result in sent if result["code"] == 503).items()))
+def shed_by_second(sent: list[float], results: list[dict[str, object]]) -> dict[int, int]:
+    """The 503s by the second of the attack they were sent in (`sent`, from `seconds_in`): an
+    episode, or spread thin."""
+    pairs = zip(sent, results, strict=True)
+    return dict(sorted(Counter(int(at) for at, result in pairs if result["code"] == 503).items()))
 
 
-def after_ramp(results: list[dict[str, object]]) -> str:
+def after_ramp(sent: list[float], results: list[dict[str, object]]) -> str:
     """p99s without the first second. Past capacity, the client opens hundreds of connections at
     once as its first requests wait (vegeta starts a worker, with a connection of its own, for
     each request no worker is free for); their first requests make most of the overall p99."""
-    later = [result for at, result in zip(seconds_in(results), results, strict=True) if at >= 1.0]
-    found = []
-    for label, code in (("served", 200), ("shed", 503)):
-        latencies = sorted(int(str(result["latency"])) / 1e6 for result in later if result["code"] == code)
-        if latencies:
-            found.append(f"{label} p99 {pct(latencies, 0.99):.1f} max {latencies[-1]:.1f} ms")
+    later = [result for at, result in zip(sent, results, strict=True) if at >= 1.0]
+    found = [
+        f"{label} p99 {pct(ms, 0.99):.1f} max {ms[-1]:.1f} ms"
+        for label, code in (("served", 200), ("shed", 503))
+        if (ms := latencies(later, {code}))
+    ]
     return ", ".join(found) or "nothing"
 
 
@@ -226,11 +237,8 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
     results = attack(purchase_targets(stack, members, rate, seconds), rate, seconds)
     spent = cpu_seconds(ledger_api) - cpu
     report("POST /v1/purchases", rate, seconds, results)
-    decided = sum(1 for result in results if result["code"] in (200, 201))
-    print(
-        f"  ledger API CPU {spent / seconds:.0%} of a core, {spent / max(decided, 1) * 1e6:,.0f} us "
-        "per purchase decided"
-    )
+    decided = len(latencies(results, SUCCESS))
+    print(f"  ledger API CPU {cpu_spent(spent, seconds, decided, 'purchase decided')}")
     in_processor(stack, started_ms)
 
 
