@@ -92,6 +92,8 @@ WARM_SLICE_S = 0.005
 # The same before a restored partition's input is read: the commands of partitions already
 # serving wait for it too, but there are none right after a start, when every partition warms.
 WARM_UP_SLICE_S = 0.05
+# How long a start waits for the partitions of topics just created to show in the metadata.
+TOPICS_SETTLE_S = 10.0
 # The fewest records a poll asks for, however slow the last batch was.
 MIN_BATCH = 100
 # Waits before a new producer is tried again while the broker is away: doubling up to the last.
@@ -237,7 +239,14 @@ class Processor:
         """
         s = self._settings
         topics = [*self._parsers, s.topic_events, s.topic_state, s.topic_replies, s.topic_status]
-        counts = {topic: len(self._consumer.partitions_for_topic(topic) or ()) for topic in topics}
+        deadline = time.monotonic() + TOPICS_SETTLE_S
+        while True:
+            counts = {topic: len(self._consumer.partitions_for_topic(topic) or ()) for topic in topics}
+            # A topic created a moment ago, here or by another instance, can show in the
+            # metadata before its partitions do: that is not a mismatch yet.
+            if all(counts.values()) or time.monotonic() > deadline or self._stop.wait(0.1):
+                break
+            self._consumer.topics()  # fetches every topic's metadata afresh
         if len(set(counts.values())) != 1:
             raise RuntimeError(f"co-partitioned topics must have the same partition count, not {counts}")
         return counts[s.topic_purchases] or s.partitions
