@@ -1,6 +1,6 @@
 """Fixes for kafka-python 3.0.12: its group membership, paused partitions, closing a producer
-the broker cannot reach, sending a transaction's offsets without blocking, and the cost of its
-own metrics.
+the broker cannot reach, sending a transaction's offsets without blocking, waking the producer's
+I/O thread for every record, and the cost of its own metrics.
 
 Group membership (installed by every group consumer we run):
 
@@ -22,6 +22,13 @@ partition again while they are parked: its input stops, silently, for good. The 
 pauses a partition's input while it restores it, and a rebalance that leaves it in place pauses
 it mid-read, while the other partitions go on; a zombie test stalled on it. This frees the line
 once its records are read to the end, as it is freed when they are parked.
+
+Waking the sender (installed on the processor's producer): `send` wakes the producer's I/O
+thread whenever the partition's queue holds more than one batch, which it does through most of a
+large transaction that the I/O thread has not caught up with, so nearly every record woke it:
+a system call, and the interpreter's lock handed to that thread, on each. That was 30% of the
+processor's main thread. The thread is woken when a batch is created, and otherwise wakes on its
+own when a batch's linger is up; committing a transaction wakes it too.
 """
 
 from __future__ import annotations
@@ -79,6 +86,18 @@ def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
         producer._sender.force_close()  # fails the pending records and ends the I/O thread
         producer._sender.join(timeout_s)
         producer.close(timeout=0)
+
+
+def wake_sender_for_new_batches(producer: KafkaProducer) -> KafkaProducer:
+    """The producer, its I/O thread woken by `send` only when a batch is created (see above)."""
+    append = producer._accumulator.append
+
+    def append_waking_for_new_batches(*args: Any, **kwargs: Any) -> Any:
+        future, _, created, abort_for_new_batch = append(*args, **kwargs)
+        return future, False, created, abort_for_new_batch
+
+    producer._accumulator.append = append_waking_for_new_batches
+    return producer
 
 
 class OffsetsSent(Protocol):

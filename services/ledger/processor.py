@@ -46,6 +46,7 @@ from services.kafka_compat import (
     close_producer,
     install_consumer_fixes,
     start_sending_offsets,
+    wake_sender_for_new_batches,
 )
 from services.ledger.command_messages import (
     CommandReply,
@@ -190,7 +191,7 @@ class Processor:
 
     def _new_producer(self) -> KafkaProducer:
         settings = self._settings
-        return KafkaProducer(
+        producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id=f"{settings.transactional_id}-producer",
             transactional_id=settings.transactional_id,
@@ -202,6 +203,7 @@ class Processor:
             retry_backoff_ms=5,
             **NO_CLIENT_METRICS,
         )
+        return wake_sender_for_new_batches(producer)
 
     @property
     def ready(self) -> bool:
