@@ -84,10 +84,12 @@ def install_http_metrics(
         "loyalty_http_requests_shed",
         f"Requests the {service} answered 503 because none of its turns was free within the budget, by "
         "reason: late (its event loop ran late), backlog (more queued than the budget), standing (the "
-        "queue stood), budget (it waited the budget out)",
+        "queue stood), budget (it waited the budget out), behind (a command: the processor answers its "
+        "partition later than the command budget)",
         ["reason"],
         registry=registry,
     )
+    app.state.shed = shed
     app.add_middleware(_Timing, histogram=histogram)
     app.add_middleware(
         Admission, limit=serving.api_max_in_flight, budget_s=serving.api_queue_budget_ms / 1000, shed=shed

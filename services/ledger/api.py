@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -195,6 +196,15 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         replies: ReplyTracker = request.app.state.replies
         reply = replies.get(command_id)
         if reply is None:
+            if replies.behind(member_id):
+                request.app.state.shed.labels("behind").inc()
+                raise Problem(
+                    503,
+                    "overloaded",
+                    "The service is at capacity",
+                    "the ledger is deciding this member's commands later than its budget; "
+                    "retry after the given delay",
+                )
             await _send(request, settings, member_id, message)
             reply = await replies.wait(command_id, settings.command_timeout_s)
             if reply is None:
@@ -450,6 +460,7 @@ async def _send(request: Request, settings: LedgerSettings, member_id: str, mess
         else:
             acknowledged.set_exception(error)
 
+    sent_at = time.monotonic()
     try:
         sent = request.app.state.producer.send(
             settings.topic_commands, key=member_id.encode(), value=message.model_dump_json().encode()
@@ -460,7 +471,7 @@ async def _send(request: Request, settings: LedgerSettings, member_id: str, mess
         await asyncio.wait_for(acknowledged, settings.command_timeout_s)
     except (KafkaError, TimeoutError) as error:
         raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
-    request.app.state.replies.expect(message.command_id)
+    request.app.state.replies.expect(message.command_id, member_id, sent_at)
 
 
 def _outcome(reply: CommandReply) -> CommandOutcome:

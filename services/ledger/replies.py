@@ -2,6 +2,12 @@
 
 Replies are written in the same Kafka transaction as the events they describe and read with
 read_committed, so an answer is never given for a decision that was rolled back.
+
+It also tells when the processor is behind in a partition: a command this worker sent there is
+still unanswered past the command budget while answers keep coming (the processor is alive, so
+more arrives than it decides). Commands sent then would only queue behind it, each waiting
+longer; they are shed instead. A processor that answers nothing (stopped, restoring) sheds
+nothing: its commands wait in the log and are answered 202, as before.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from pydantic import ValidationError
 
 from services.kafka_offsets import committed_reader
 from services.ledger.command_messages import CommandReply
+from services.ledger.partitioning import partition_for
 from services.ledger.settings import LedgerSettings
 
 log = logging.getLogger(__name__)
 
 REMEMBERED = 100_000
+# How recent the partition's last answer must be for its processor to count as answering.
+ANSWERING_S = 1.0
 
 
 class ReplyTracker:
@@ -39,6 +48,12 @@ class ReplyTracker:
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[CommandReply]]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="reply-tracker", daemon=True)
+        self._budget_s = settings.command_budget_ms / 1000
+        self._forget_s = max(settings.command_timeout_s, self._budget_s)
+        # By partition: the commands this worker sent and has no answer to yet, with when (the
+        # oldest first), and when the partition's last answer to anyone came.
+        self._unanswered: dict[int, OrderedDict[str, float]] = {}
+        self._answered_at: dict[int, float] = {}
 
     def start(self) -> None:
         """Start at the end of the topic; positions are fixed before any command is sent."""
@@ -47,6 +62,7 @@ class ReplyTracker:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"topic {self._topic} has no partitions")
             time.sleep(0.2)
+        self._unanswered = {partition: OrderedDict() for partition in partitions}
         tps = [TopicPartition(self._topic, partition) for partition in sorted(partitions)]
         self._consumer.assign(tps)
         self._consumer.seek_to_end(*tps)
@@ -59,12 +75,30 @@ class ReplyTracker:
         self._thread.join(timeout=5)
         self._consumer.close()
 
-    def expect(self, command_id: str) -> None:
-        """Remember that this instance sent the command, so that it reads as pending until answered."""
+    def expect(self, command_id: str, member_id: str, sent_at: float) -> None:
+        """Remember that this instance sent the command (at `sent_at`, monotonic), so that it reads
+        as pending until answered. The answer can come before the broker's acknowledgement does."""
         with self._changed:
             self._expected[command_id] = None
             while len(self._expected) > REMEMBERED:
                 self._expected.popitem(last=False)
+            if command_id not in self._replies:
+                self._unanswered[self._partition(member_id)][command_id] = sent_at
+
+    def behind(self, member_id: str) -> bool:
+        """Whether the member's partition is behind (see the module's doc)."""
+        partition, now = self._partition(member_id), time.monotonic()
+        with self._changed:
+            unanswered = self._unanswered[partition]
+            # One sent past its timeout no longer counts: it was answered 202, and its answer
+            # may never reach this worker (a reply read before a restart of the follower).
+            while unanswered and now - next(iter(unanswered.values())) > self._forget_s:
+                unanswered.popitem(last=False)
+            oldest = next(iter(unanswered.values()), now)
+            return now - oldest > self._budget_s and now - self._answered_at.get(partition, 0.0) < ANSWERING_S
+
+    def _partition(self, member_id: str) -> int:
+        return partition_for(member_id, len(self._unanswered))
 
     def expected(self, command_id: str) -> bool:
         with self._changed:
@@ -109,14 +143,18 @@ class ReplyTracker:
             for records in batch.values():
                 for record in records:
                     try:
-                        replies.append((CommandReply.model_validate_json(record.value), record.value))
+                        reply = CommandReply.model_validate_json(record.value)
+                        replies.append((reply, record.value, record.partition))
                     except ValidationError:
                         log.error(
                             "unreadable reply", extra={"partition": record.partition, "offset": record.offset}
                         )
             if replies:
+                now = time.monotonic()
                 with self._changed:
-                    for reply, raw in replies:
+                    for reply, raw, partition in replies:
+                        self._answered_at[partition] = now
+                        self._unanswered[partition].pop(reply.command_id, None)
                         # A retry's "duplicate" must not hide what the command originally did.
                         if reply.command_id not in self._replies or reply.status != "duplicate":
                             self._replies[reply.command_id] = raw

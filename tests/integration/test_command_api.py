@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,13 @@ from schemas.events import Event
 from schemas.position import decode_position
 from schemas.rules import CategoryBonus, ProgramRules
 from services.ledger.api import create_app
+from services.ledger.command_messages import CommandReply
+from services.ledger.partitioning import partition_for
 from services.ledger.processor import Processor
 from tests.conftest import Isolated, Running
-from tests.integration.kafka_io import purchase
+from tests.integration.kafka_io import publish, purchase, read_all
 from tests.integration.serving import serve
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -201,7 +205,6 @@ def test_past_the_timeout_the_answer_is_202_and_the_command_resolves_later(
         location = response.headers["location"]
         assert ledger.get(location).json()["status"] == "pending"
         running.start(Processor(isolated.ledger(), ProgramRules()).run)
-        from tests.waiting import eventually
 
         eventually(lambda: ledger.get(location).json()["status"] == "applied", what="applied")
 
@@ -223,14 +226,15 @@ def test_fifty_concurrent_redemptions_never_overdraw_and_all_are_answered(
         )
 
         def redeem(index: int) -> int:
-            """As a client does: a 503 (shed while the machine is busy) is sent again after a while."""
+            """As a client does: a 503 (shed while the machine is busy, or while the member's
+            partition is answered late) is sent again after a while."""
             body = {"redemption_id": f"rd-{index}", "member_id": "m-7", "points": 30}
-            for _ in range(20):
+            deadline = time.monotonic() + 60
+            while True:
                 answer = httpx.post(f"{base}/v1/redemptions", json=body, headers=isolated.headers, timeout=30)
-                if answer.status_code != 503:
+                if answer.status_code != 503 or time.monotonic() > deadline:
                     return answer.status_code
                 time.sleep(0.2)
-            return 503
 
         with ThreadPoolExecutor(max_workers=50) as pool:
             statuses = list(pool.map(redeem, range(50)))
@@ -250,3 +254,70 @@ def test_times_out_of_any_plausible_range_are_422(ledger: TestClient) -> None:
         response = ledger.post("/v1/purchases", json=purchase("m-9", "o-far", "1.00", occurred_at=moment))
         assert response.status_code == 422, moment
         assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_partition_answered_later_than_the_budget_sheds_new_commands_and_holds_back_no_other(
+    isolated: Isolated,
+) -> None:
+    """A command of the partition waits unanswered past the budget while the partition's processor
+    answers others: the next is shed with 503 and never reaches the log; another partition's goes
+    on; once the late one is answered, the partition takes commands again. (No processor runs: the
+    test writes the processor's answers itself.)"""
+    settings = isolated.ledger(command_budget_ms=50, command_timeout_s=20)
+    members = [f"m-{n}" for n in range(40)]
+    late = members[0]
+    same = next(m for m in members[1:] if partition_for(m, 4) == partition_for(late, 4))
+    other = next(m for m in members if partition_for(m, 4) != partition_for(late, 4))
+
+    def answer(command_id: str, member_id: str) -> None:
+        reply = CommandReply(
+            command_id=command_id,
+            member_id=member_id,
+            status="applied",
+            sequence=1,
+            available=5,
+            pending=0,
+            tier="regular",
+        )
+        publish(
+            settings.kafka_bootstrap,
+            settings.topic_replies,
+            member_id.encode(),
+            reply.model_dump_json().encode(),
+            partition=partition_for(member_id, 4),
+        )
+
+    def logged() -> dict[str, str]:
+        """Purchase id -> command id of every command in the log."""
+        found = [json.loads(r.value) for r in read_all(settings.kafka_bootstrap, settings.topic_commands)]
+        return {c["body"]["purchase_id"]: c["command_id"] for c in found}
+
+    with serve(create_app(settings)) as base, ThreadPoolExecutor(max_workers=3) as pool:
+        client = httpx.Client(base_url=base, headers=isolated.headers, timeout=30)
+
+        def buy(member: str, purchase_id: str) -> httpx.Response:
+            return client.post("/v1/purchases", json=purchase(member, purchase_id, "5.00"))
+
+        waiting = pool.submit(buy, late, "o-late")
+        late_id = eventually(lambda: logged().get("o-late"), what="the late command in the log")
+        answer("c-someone-else", same)  # the partition's processor is alive: it answers others
+        eventually(lambda: client.get("/v1/commands/c-someone-else").status_code == 200, what="answer seen")
+        time.sleep(0.05)  # the late command has waited out the budget
+
+        shed = buy(same, "o-shed")
+        assert shed.status_code == 503, shed.text
+        assert shed.headers["retry-after"] == "1"
+        assert shed.json()["type"].endswith("/overloaded")
+        elsewhere = pool.submit(buy, other, "o-elsewhere")
+        eventually(lambda: "o-elsewhere" in logged(), what="another partition's command in the log")
+        assert "o-shed" not in logged()
+        metrics = client.get("/metrics").text
+        assert 'loyalty_http_requests_shed_total{reason="behind"} 1.0' in metrics
+
+        answer(late_id, late)
+        assert waiting.result().status_code == 201
+        again = pool.submit(buy, same, "o-shed")
+        eventually(lambda: "o-shed" in logged(), what="the shed command, sent again, in the log")
+        answer(logged()["o-elsewhere"], other)
+        answer(logged()["o-shed"], same)
+        assert elsewhere.result().status_code == 201 and again.result().status_code == 201
