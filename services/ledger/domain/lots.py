@@ -6,6 +6,7 @@ from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from operator import attrgetter
 from typing import TypeVar
 
 from schemas.events import LotPoints
@@ -79,13 +80,16 @@ def opened(lots: tuple[Lot, ...], lot: Lot) -> tuple[Lot, ...]:
     """`add(lots, [lot])` for lots in `oldest_first` order, as every account keeps them: a new lot
     is inserted in its place (one insertion, where every earning opens a lot), one already there
     gets the points, and a lot of no points is not opened."""
-    if any(known.lot_id == lot.lot_id for known in lots):
+    if lot.lot_id in map(_LOT_ID, lots):  # a scan in C: an account has a lot per earning it keeps
         return add(lots, [LotPoints(lot_id=lot.lot_id, points=lot.points, expires_at=lot.expires_at)])
     if lot.points <= 0:
         return lots
     ordered = list(lots)
     insort(ordered, lot, key=_oldest_first_key)
     return tuple(ordered)
+
+
+_LOT_ID = attrgetter("lot_id")
 
 
 def _oldest_first_key(lot: Lot) -> tuple[datetime, str]:
