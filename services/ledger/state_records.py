@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
+from itertools import compress, filterfalse
+from operator import is_not
 from typing import Any, TypeVar
 
 import orjson
@@ -115,12 +117,16 @@ def _diff(
 ) -> list[Change]:
     if before is after and not complete:
         return []
-    found: list[Change] = [
-        (key(member_id, kind, item), encode(value))
-        for item, value in after.items()
-        if complete or ((old := before.get(item)) is not value and old != value)
-    ]
-    found += [(key(member_id, kind, item), None) for item in before if item not in after]
+    if complete:
+        changed: Iterable[str] = after
+    else:
+        # An account's maps are copied with every event, their unchanged values shared: which
+        # values are not the same objects is found in C, then only those are compared.
+        items = list(after)
+        moved = compress(items, map(is_not, map(before.get, items), after.values()))
+        changed = [item for item in moved if before.get(item) != after[item]]
+    found: list[Change] = [(key(member_id, kind, item), encode(after[item])) for item in changed]
+    found += [(key(member_id, kind, item), None) for item in filterfalse(after.__contains__, before)]
     return found
 
 
