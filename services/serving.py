@@ -214,14 +214,14 @@ class Admission:
             self._late_s = min(late, previous)  # late twice running: not one hiccup of the scheduler
 
 
+def overloaded(detail: str) -> Problem:
+    """The 503 of a request shed because the service is at capacity; `detail` says which limit."""
+    return Problem(503, "overloaded", "The service is at capacity", detail)
+
+
 # One response for every shed request: made once, so shedding stays cheap.
 _OVERLOADED = problem_response(
-    Problem(
-        503,
-        "overloaded",
-        "The service is at capacity",
-        "no turn was free within the queue budget; retry after the given delay",
-    )
+    overloaded("no turn was free within the queue budget; retry after the given delay")
 )
 
 

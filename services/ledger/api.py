@@ -49,7 +49,7 @@ from services.ledger.topics import ensure_topics
 from services.personal_data import keystore, profiles
 from services.personal_data.profiles import Profile, ProfilePatch, fields_of
 from services.problems import Problem, install_problem_handlers
-from services.serving import release_turn
+from services.serving import overloaded, release_turn
 
 IDEMPOTENCY_NAMESPACE = uuid.UUID("b7a9d0f4-3c6e-4a8e-9f51-6a0c2d9e4b27")
 
@@ -198,12 +198,9 @@ def create_app(settings: LedgerSettings) -> FastAPI:
         if reply is None:
             if replies.behind(member_id):
                 request.app.state.shed.labels("behind").inc()
-                raise Problem(
-                    503,
-                    "overloaded",
-                    "The service is at capacity",
+                raise overloaded(
                     "the ledger is deciding this member's commands later than its budget; "
-                    "retry after the given delay",
+                    "retry after the given delay"
                 )
             await _send(request, settings, member_id, message)
             reply = await replies.wait(command_id, settings.command_timeout_s)
@@ -471,7 +468,7 @@ async def _send(request: Request, settings: LedgerSettings, member_id: str, mess
         await asyncio.wait_for(acknowledged, settings.command_timeout_s)
     except (KafkaError, TimeoutError) as error:
         raise Problem(503, "log_unavailable", "The ledger log is unavailable", str(error)) from None
-    request.app.state.replies.expect(message.command_id, member_id, sent_at)
+    request.app.state.replies.expect(message.command_id, sent.value.partition, sent_at)
 
 
 def _outcome(reply: CommandReply) -> CommandOutcome:

@@ -75,19 +75,20 @@ class ReplyTracker:
         self._thread.join(timeout=5)
         self._consumer.close()
 
-    def expect(self, command_id: str, member_id: str, sent_at: float) -> None:
-        """Remember that this instance sent the command (at `sent_at`, monotonic), so that it reads
-        as pending until answered. The answer can come before the broker's acknowledgement does."""
+    def expect(self, command_id: str, partition: int, sent_at: float) -> None:
+        """Remember that this instance sent the command (to `partition`, at `sent_at`, monotonic),
+        so that it reads as pending until answered. The answer can come before the broker's
+        acknowledgement does."""
         with self._changed:
             self._expected[command_id] = None
             while len(self._expected) > REMEMBERED:
                 self._expected.popitem(last=False)
             if command_id not in self._replies:
-                self._unanswered[self._partition(member_id)][command_id] = sent_at
+                self._unanswered[partition][command_id] = sent_at
 
     def behind(self, member_id: str) -> bool:
         """Whether the member's partition is behind (see the module's doc)."""
-        partition, now = self._partition(member_id), time.monotonic()
+        partition, now = partition_for(member_id, len(self._unanswered)), time.monotonic()
         with self._changed:
             unanswered = self._unanswered[partition]
             # One sent past its timeout no longer counts: it was answered 202, and its answer
@@ -96,9 +97,6 @@ class ReplyTracker:
                 unanswered.popitem(last=False)
             oldest = next(iter(unanswered.values()), now)
             return now - oldest > self._budget_s and now - self._answered_at.get(partition, 0.0) < ANSWERING_S
-
-    def _partition(self, member_id: str) -> int:
-        return partition_for(member_id, len(self._unanswered))
 
     def expected(self, command_id: str) -> bool:
         with self._changed:

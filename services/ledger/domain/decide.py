@@ -175,16 +175,16 @@ def _purchase(command: RecordPurchase, account: Account, rules: ProgramRules) ->
                 rule=rule,
             )
         )
+    if tier_index == len(rules.tiers) - 1:  # no promotion above the top: the window is not needed
+        return events
+    # The window as it stands when the purchase is known, not at its own date: a purchase that
+    # arrives after later ones still counts with them.
     purchases = {
         **account.purchases,
         command.purchase_id: Purchase(
             command_id=command.command_id, amount_minor=command.amount_minor, occurred_at=command.occurred_at
         ),
     }
-    # The window as it stands when the purchase is known, not at its own date: a purchase that
-    # arrives after later ones still counts with them.
-    if tier_index == len(rules.tiers) - 1:  # no promotion above the top: the window is not needed
-        return events
     now = max(command.occurred_at, command.received_at)
     window = window_at(purchases, now, rules)
     qualified = qualified_index(window, rules)
