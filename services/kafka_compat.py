@@ -1,6 +1,6 @@
 """Fixes for kafka-python 3.0.12: its group membership, paused partitions, closing a producer
-the broker cannot reach, sending a transaction's offsets without blocking, waking the producer's
-I/O thread for every record, and the cost of its own metrics.
+the broker cannot reach, sending a transaction's offsets without blocking, the cost of sending a
+transaction's records one by one, and the cost of its own metrics.
 
 Group membership (installed by every group consumer we run):
 
@@ -23,12 +23,16 @@ pauses a partition's input while it restores it, and a rebalance that leaves it 
 it mid-read, while the other partitions go on; a zombie test stalled on it. This frees the line
 once its records are read to the end, as it is freed when they are parked.
 
-Waking the sender (installed on the processor's producer): `send` wakes the producer's I/O
-thread whenever the partition's queue holds more than one batch, which it does through most of a
-large transaction that the I/O thread has not caught up with, so nearly every record woke it:
-a system call, and the interpreter's lock handed to that thread, on each. That was 30% of the
-processor's main thread. The thread is woken when a batch is created, and otherwise wakes on its
-own when a batch's linger is up; committing a transaction wakes it too.
+A transaction's records (the processor's, through `TransactionRecords`): `send` checks, for
+every record, what holds for all of a transaction's records to one partition (the producer's
+state, the topic's metadata, the partition added to the transaction), and wakes the producer's
+I/O thread whenever the partition's queue holds more than one batch, which it does through most
+of a large transaction: a system call, and the interpreter's lock handed to that thread, on
+nearly every record. That was 30% of the processor's main thread, and the checks half of the
+rest of `send`. The first record to each partition in a transaction is sent by `send`; the rest
+are appended to its batches, the I/O thread woken only when a batch is created (it wakes on its
+own when a batch's linger is up, and committing wakes it too). Each record's size is still
+checked against the producer's `max_request_size`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import Fetcher
 from kafka.coordinator.consumer import ConsumerCoordinator
 from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 
 # Every client of the services is made with these. kafka-python's own sensors, which nothing here
@@ -88,16 +93,41 @@ def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
         producer.close(timeout=0)
 
 
-def wake_sender_for_new_batches(producer: KafkaProducer) -> KafkaProducer:
-    """The producer, its I/O thread woken by `send` only when a batch is created (see above)."""
-    append = producer._accumulator.append
+class TransactionRecords:
+    """Sends a transaction's records (see above); those without a partition as `send` does.
 
-    def append_waking_for_new_batches(*args: Any, **kwargs: Any) -> Any:
-        future, _, created, abort_for_new_batch = append(*args, **kwargs)
-        return future, False, created, abort_for_new_batch
+    `begin` starts each transaction; the producer's other transactional calls are made on it.
+    """
 
-    producer._accumulator.append = append_waking_for_new_batches
-    return producer
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.producer = producer
+        self._accumulator = producer._accumulator
+        self._added: dict[tuple[str, int], TopicPartition] = {}
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+        self._added = {}
+
+    def send(
+        self,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> FutureRecordMetadata:
+        producer, headers = self.producer, headers or []
+        tp = self._added.get((topic, partition)) if partition is not None else None
+        if tp is None:
+            future = producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+            if partition is not None:
+                self._added[topic, partition] = TopicPartition(topic, partition)
+            return future
+        producer._ensure_valid_record_size(producer._estimate_size_in_bytes(key, value, headers))
+        future, _, created, _ = self._accumulator.append(tp, None, key, value, headers)
+        if created:
+            producer._sender.wakeup()
+        return future
 
 
 class OffsetsSent(Protocol):

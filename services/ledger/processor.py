@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -43,10 +42,10 @@ from schemas.rules import ProgramRules
 from services import collector
 from services.kafka_compat import (
     NO_CLIENT_METRICS,
+    TransactionRecords,
     close_producer,
     install_consumer_fixes,
     start_sending_offsets,
-    wake_sender_for_new_batches,
 )
 from services.ledger.command_messages import (
     CommandReply,
@@ -167,6 +166,7 @@ class Processor:
             **NO_CLIENT_METRICS,
         )
         self._producer = self._new_producer()
+        self._records = TransactionRecords(self._producer)
         self._parsers = {
             settings.topic_purchases: parse_inbound_record,
             settings.topic_commands: parse_command_record,
@@ -203,7 +203,7 @@ class Processor:
             retry_backoff_ms=5,
             **NO_CLIENT_METRICS,
         )
-        return wake_sender_for_new_batches(producer)
+        return producer
 
     @property
     def ready(self) -> bool:
@@ -347,7 +347,7 @@ class Processor:
         batch = _Batch(self.store)
         self._sent = []
         try:
-            self._producer.begin_transaction()
+            self._records.begin()
             consumed = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in records.items()}
             if self.rules_unchecked:
                 self._record_rules(batch)
@@ -482,6 +482,7 @@ class Processor:
             close_producer(self._producer, timeout_s=1)  # closing twice is harmless
             try:
                 self._producer = self._new_producer()
+                self._records = TransactionRecords(self._producer)
                 self._producer.init_transactions()
                 break
             except KafkaError as error:
@@ -710,10 +711,17 @@ class Processor:
         self._send(self._settings.topic_replies, partition, command.member_id, orjson.dumps(reply))
 
     def _send(self, topic: str, partition: int, key: str, value: bytes | None) -> FutureRecordMetadata:
-        return self._produce(topic, key=key.encode(), value=value, partition=partition)
+        return self._produce(topic, partition, key.encode(), value)
 
-    def _produce(self, topic: str, **record: Any) -> FutureRecordMetadata:
-        future = self._producer.send(topic, **record)
+    def _produce(
+        self,
+        topic: str,
+        partition: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> FutureRecordMetadata:
+        future = self._records.send(topic, partition, key, value, headers)
         self._sent.append((future, self._current))
         return future
 
@@ -726,7 +734,7 @@ class Processor:
             ("source.partition", str(record.partition).encode()),
             ("source.offset", str(record.offset).encode()),
         ]
-        self._produce(self._settings.topic_dlq, key=record.key, value=record.value, headers=headers)
+        self._produce(self._settings.topic_dlq, None, record.key, record.value, headers)
         log.warning(
             "record dead-lettered",
             extra={
@@ -744,13 +752,7 @@ class Processor:
         it reached the log, for its date's checks, when it was moved: no header a publisher could
         write carries the first time instead.
         """
-        self._produce(
-            record.topic,
-            key=member_id.encode(),
-            value=record.value,
-            headers=record.headers or [],
-            partition=partition,
-        )
+        self._produce(record.topic, partition, member_id.encode(), record.value, record.headers)
 
 
 def _fenced(error: KafkaError) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import MessageSizeTooLargeError
 
-from services.kafka_compat import install_consumer_fixes, wake_sender_for_new_batches
+from services.kafka_compat import TransactionRecords, install_consumer_fixes
 from tests.conftest import Isolated
 
 
@@ -53,18 +55,24 @@ def test_a_partition_paused_in_the_middle_of_a_read_is_read_again_once_resumed(i
         producer.close()
 
 
-def test_a_producer_woken_only_for_new_batches_delivers_transactions_of_many_batches(
+def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_order_and_only_committed(
     isolated: Isolated,
 ) -> None:
-    """Each transaction fills many batches per partition, most of them while earlier ones are
-    still queued, and none is flushed but by the commit: every record arrives, in order."""
+    """Transactions of many batches per partition, most filled while earlier ones are still
+    queued and none flushed but by the commit, with an aborted one between them: every committed
+    record arrives, in order, none of the aborted; a record over the size limit is refused."""
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
     admin.close()
-    producer = wake_sender_for_new_batches(
-        KafkaProducer(bootstrap_servers=bootstrap, transactional_id=topic, linger_ms=1, batch_size=16 * 1024)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=topic,
+        linger_ms=1,
+        batch_size=16 * 1024,
+        max_request_size=100_000,
     )
+    records = TransactionRecords(producer)
     wakeups = 0
     wakeup = producer._sender.wakeup
 
@@ -79,22 +87,32 @@ def test_a_producer_woken_only_for_new_batches_delivers_transactions_of_many_bat
     )
     try:
         producer.init_transactions()
-        for transaction in range(3):
-            producer.begin_transaction()
+        for transaction in range(4):
+            records.begin()
             for n in range(2000):
-                producer.send(topic, f"{transaction}-{n}".encode() + b"." * 500, partition=n % 2)
-            producer.commit_transaction()
-        assert wakeups < 3 * 2000 / 10, "woken for new batches (about 30 records each), not records"
+                value = f"{transaction}-{n}".encode() + b"." * 500
+                records.send(topic, n % 2, b"key", value, [("n", str(n).encode())])
+            if transaction == 1:
+                with pytest.raises(MessageSizeTooLargeError):
+                    records.send(topic, 0, b"key", b"." * 200_000)
+                producer.abort_transaction()
+            else:
+                producer.flush(timeout=20)  # raises, rather than a commit that waits for good
+                producer.commit_transaction()
+        assert wakeups < 4 * 2000 / 10, "woken for new batches (about 30 records each), not records"
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
         consumer.assign(tps)
         consumer.seek_to_beginning()
         values: dict[int, list[str]] = {0: [], 1: []}
         deadline = time.monotonic() + 20
         while sum(map(len, values.values())) < 6000 and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                values[tp.partition] += [r.value.split(b".")[0].decode() for r in records]
+            for tp, polled in consumer.poll(timeout_ms=500).items():
+                for r in polled:
+                    number = r.value.split(b".")[0].decode()
+                    assert r.key == b"key" and r.headers == [("n", number.split("-")[1].encode())]
+                    values[tp.partition].append(number)
         for partition in (0, 1):
-            expected = [f"{t}-{n}" for t in range(3) for n in range(partition, 2000, 2)]
+            expected = [f"{t}-{n}" for t in (0, 2, 3) for n in range(partition, 2000, 2)]
             assert values[partition] == expected
     finally:
         consumer.close()
