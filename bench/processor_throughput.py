@@ -38,23 +38,28 @@ def load(settings: LedgerSettings, topic: str, purchases: int, members: int, day
     )
     first, step = datetime.now(UTC) - timedelta(days=days), timedelta(days=days) / max(purchases, 1)
     for index in range(purchases):
-        member = f"m-{index % members}"
         occurred_at = (
             (first + index * step).strftime("%Y-%m-%dT%H:%M:%SZ") if days else "2026-11-22T10:00:00Z"
         )
-        value = {
-            "type": "purchase",
-            "purchase_id": f"o-{index}",
-            "member_id": member,
-            "amount": f"{10 + index % 990}.{index % 100:02d}",
-            "currency": "CNY",
-            "occurred_at": occurred_at,
-            "channel": "store",
-            "items": [{"sku": "A1", "category": "beauty", "quantity": 1, "amount": "10.00"}],
-        }
-        producer.send(topic, key=member.encode(), value=json.dumps(value).encode())
+        producer.send(topic, *purchase(index, members, occurred_at))
     producer.flush()
     producer.close()
+
+
+def purchase(index: int, members: int, occurred_at: str) -> tuple[bytes, bytes]:
+    """Purchase `o-{index}` of member `m-{index % members}`: the inbound record's value and key."""
+    member = f"m-{index % members}"
+    value = {
+        "type": "purchase",
+        "purchase_id": f"o-{index}",
+        "member_id": member,
+        "amount": f"{10 + index % 990}.{index % 100:02d}",
+        "currency": "CNY",
+        "occurred_at": occurred_at,
+        "channel": "store",
+        "items": [{"sku": "A1", "category": "beauty", "quantity": 1, "amount": "10.00"}],
+    }
+    return json.dumps(value).encode(), member.encode()
 
 
 def committed_total(admin: KafkaAdminClient, group: str, topic: str) -> int:
