@@ -248,27 +248,53 @@ async def _while_the_queue_stands_no_request_waits_long_for_a_turn() -> None:
 def test_a_queue_drained_within_the_target_does_not_stand(monkeypatch: pytest.MonkeyPatch) -> None:
     # Wide enough that a slow machine's 2 ms turns stay well within it; it is the same test.
     monkeypatch.setattr(serving, "CODEL_TARGET_S", 0.02)
-    asyncio.run(_a_queue_drained_within_the_target_does_not_stand())
+    # A process held off the CPU for a CODEL_INTERVAL_S (a busy machine) serves nobody meanwhile:
+    # the queue then does stand, rightly. Such a run proves nothing either way and is run again;
+    # a run without a stall must pass.
+    for _ in range(5):
+        failure, stalled_s = asyncio.run(_drained_within_the_target())
+        if failure is None or stalled_s < serving.CODEL_INTERVAL_S / 2:
+            break
+    assert failure is None, f"{failure} (longest stall of the event loop: {stalled_s * 1000:.0f} ms)"
 
 
-async def _a_queue_drained_within_the_target_does_not_stand() -> None:
+async def _drained_within_the_target() -> tuple[str | None, float]:
     """Two clients in a loop on one turn: for 200 ms someone always waits, but only a turn's
     length. That is a worker at its capacity, not past it: a request that then finds a longer turn
-    ahead of it waits for it, instead of the few ms of a standing queue."""
+    ahead of it waits for it, instead of the few ms of a standing queue.
+
+    What failed, if anything, and the longest the event loop ran late meanwhile."""
     app, _ = _app(limit=1, budget_ms=5000)
+    stalled_s, running = 0.0, True
+
+    async def watch() -> None:
+        nonlocal stalled_s
+        while running:
+            due = time.monotonic() + 0.001
+            await asyncio.sleep(0.001)
+            stalled_s = max(stalled_s, time.monotonic() - due)
+
+    watching = asyncio.create_task(watch())
     async with _client(app) as client:
         until = time.monotonic() + 0.3
 
-        async def loop() -> None:
+        async def loop() -> list[int]:
+            statuses = []
             while time.monotonic() < until:
-                assert (await client.get("/takes", params={"seconds": 0.002})).status_code == 200
+                statuses.append((await client.get("/takes", params={"seconds": 0.002})).status_code)
+            return statuses
 
         loops = [asyncio.create_task(loop()) for _ in range(2)]
         await asyncio.sleep(0.2)
         longer = asyncio.create_task(_timed(client, "/takes", seconds=0.06))
         await asyncio.sleep(0.01)  # it holds the turn
         status, waited = await _timed(client, "/takes", seconds=0)
-        assert (await longer)[0] == 200
-        await asyncio.gather(*loops)
-    assert status == 200
-    assert waited > serving.STANDING_TIMEOUT_S * 2  # it waited out the longer turn
+        longer_status, _ = await longer
+        looped = [code for statuses in await asyncio.gather(*loops) for code in statuses]
+    running = False
+    await watching
+    if set(looped) != {200} or longer_status != 200:
+        return f"a client at capacity was shed: {looped.count(503)} of {len(looped)}", stalled_s
+    if status != 200 or waited <= serving.STANDING_TIMEOUT_S * 2:
+        return f"the request behind a longer turn did not wait it out: {status} in {waited:.3f} s", stalled_s
+    return None, stalled_s
