@@ -28,11 +28,11 @@ every record, what holds for all of a transaction's records to one partition (th
 state, the topic's metadata, the partition added to the transaction), and wakes the producer's
 I/O thread whenever the partition's queue holds more than one batch, which it does through most
 of a large transaction: a system call, and the interpreter's lock handed to that thread, on
-nearly every record. That was 30% of the processor's main thread, and the checks half of the
-rest of `send`. The first record to each partition in a transaction is sent by `send`; the rest
-are appended to its batches, the I/O thread woken only when a batch is created (it wakes on its
-own when a batch's linger is up, and committing wakes it too). Each record's size is still
-checked against the producer's `max_request_size`.
+nearly every record. That was 30% of the processor's main thread; the checks, 6 of the 16 µs
+that `send` took a record after that. The first record to each partition in a transaction is
+sent by `send`; the rest are appended to its batches, the I/O thread woken only when a batch is
+created (it wakes on its own when a batch's linger is up, and committing wakes it too). Each
+record's size is still checked against the producer's `max_request_size`.
 """
 
 from __future__ import annotations

@@ -165,8 +165,7 @@ class Processor:
             metadata_max_age_ms=30_000,
             **NO_CLIENT_METRICS,
         )
-        self._producer = self._new_producer()
-        self._records = TransactionRecords(self._producer)
+        self._records = self._new_records()
         self._parsers = {
             settings.topic_purchases: parse_inbound_record,
             settings.topic_commands: parse_command_record,
@@ -189,7 +188,7 @@ class Processor:
         self._ticked: dict[tuple[str, int, int], set[str]] = {}
         self._stop = threading.Event()  # `run`'s, so that waits for the broker end on a stop
 
-    def _new_producer(self) -> KafkaProducer:
+    def _new_records(self) -> TransactionRecords:
         settings = self._settings
         producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -203,7 +202,11 @@ class Processor:
             retry_backoff_ms=5,
             **NO_CLIENT_METRICS,
         )
-        return producer
+        return TransactionRecords(producer)
+
+    @property
+    def _producer(self) -> KafkaProducer:
+        return self._records.producer
 
     @property
     def ready(self) -> bool:
@@ -481,8 +484,7 @@ class Processor:
         for attempt in itertools.count():
             close_producer(self._producer, timeout_s=1)  # closing twice is harmless
             try:
-                self._producer = self._new_producer()
-                self._records = TransactionRecords(self._producer)
+                self._records = self._new_records()
                 self._producer.init_transactions()
                 break
             except KafkaError as error:

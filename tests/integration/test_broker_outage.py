@@ -15,7 +15,7 @@ from kafka.errors import KafkaTimeoutError
 from localinfra.kafka import KafkaNode
 from localinfra.process import reserved_ports
 from schemas.rules import ProgramRules
-from services.kafka_compat import close_producer
+from services.kafka_compat import TransactionRecords, close_producer
 from services.ledger.processor import Processor
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
@@ -42,11 +42,11 @@ class BrokerAwayMidTransaction(Processor):
             raise KafkaTimeoutError("the broker went away")
         super()._check_sent()
 
-    def _new_producer(self) -> KafkaProducer:
+    def _new_records(self) -> TransactionRecords:
         if self.refusals:
             self.refusals -= 1
             raise KafkaTimeoutError("Timeout after waiting for 60.0 secs.")
-        return super()._new_producer()
+        return super()._new_records()
 
 
 def test_a_transaction_failed_while_the_broker_is_away_is_started_over_once_it_is_back(
