@@ -303,8 +303,8 @@ def _timestamps(bootstrap: str, topic: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--read-rates", default="500,1000,3000")
-    parser.add_argument("--command-rate", type=int, default=200)
+    parser.add_argument("--read-rates", default="500,1000,3000", help="none: no reads")
+    parser.add_argument("--command-rate", type=int, default=200, help="0: no commands")
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument(
         "--command-warmup", type=float, default=5, help="uncounted seconds of purchases first"
@@ -316,8 +316,11 @@ def main() -> None:
     with loyalty_run() as stack:
         measure(args.purchases, args.members, stack)
         ceiling(min(args.seconds, 10))
-        reads(stack, args.members, [int(rate) for rate in args.read_rates.split(",")], args.seconds)
-        commands(stack, args.members, args.command_rate, args.seconds, args.command_warmup)
+        if args.read_rates != "none":
+            rates = [int(rate) for rate in args.read_rates.split(",")]
+            reads(stack, args.members, rates, args.seconds)
+        if args.command_rate:
+            commands(stack, args.members, args.command_rate, args.seconds, args.command_warmup)
 
 
 if __name__ == "__main__":
