@@ -13,7 +13,10 @@ where the time goes: in the processor (command appended to reply appended, from 
 own timestamps) and the rest (HTTP, the API, the transaction's commit, the reply's delivery).
 
     .venv/bin/python -m bench.serving_load [--read-rates 500,1000,3000] [--command-rate 200]
-        [--seconds 20] [--command-warmup 5] [--purchases 20000] [--members 2000]
+        [--seconds 20] [--command-warmup 5] [--purchases 20000] [--members 2000] [--busy-cores 0]
+
+With --busy-cores N, N processes spin on a core each for the whole run: a machine about half as
+fast (the bare loop beside the figures shows how much).
 
 vegeta: `go install github.com/tsenart/vegeta/v12@v12.13.0` (found on PATH or in ~/go/bin).
 """
@@ -44,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.end_to_end import measure
-from bench.processes import component_pid, cpu_seconds, with_children
+from bench.processes import busy_cores, component_pid, cpu_seconds, with_children
 from bench.stack import RunningStack, loyalty_run, wait_ready
 from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
@@ -311,9 +314,10 @@ def main() -> None:
     )
     parser.add_argument("--purchases", type=int, default=20_000)
     parser.add_argument("--members", type=int, default=2_000)
+    parser.add_argument("--busy-cores", type=int, default=0, help="cores to keep busy meanwhile")
     args = parser.parse_args()
     vegeta()
-    with loyalty_run() as stack:
+    with busy_cores(args.busy_cores), loyalty_run() as stack:
         measure(args.purchases, args.members, stack)
         ceiling(min(args.seconds, 10))
         if args.read_rates != "none":

@@ -173,6 +173,39 @@ async def _a_queue_that_shedding_emptied_still_stands() -> None:
     assert max(waited for _, waited in spaced) < 0.5, f"the queue still stands: {spaced}"
 
 
+def test_a_queue_stands_until_nothing_has_been_shed_for_an_interval() -> None:
+    asyncio.run(_a_queue_stands_until_nothing_has_been_shed_for_an_interval())
+
+
+async def _a_queue_stands_until_nothing_has_been_shed_for_an_interval() -> None:
+    """A turn that goes free just after the queue was shed empty is no sign that the load fell:
+    taken as one, an overloaded worker went back to queueing for the budget, an interval at a time."""
+    app, gate = _app(limit=1, budget_ms=5000)
+    async with _client(app) as client:
+        held = asyncio.create_task(client.get("/slow"))
+        await asyncio.sleep(0.02)
+        shed = []
+        for _ in range(30):  # a request every 5 ms for 150 ms: the queue comes to stand
+            shed.append(asyncio.create_task(_timed(client, "/takes", seconds=0)))
+            await asyncio.sleep(0.005)
+        async with asyncio.timeout(2):
+            assert {status for status, _ in await asyncio.gather(*shed)} == {503}
+        gate.set()  # the turn goes free, nobody waiting: the queue was shed empty
+        assert (await held).status_code == 200
+        long_turn = asyncio.create_task(client.get("/takes", params={"seconds": 0.3}))
+        await asyncio.sleep(0.02)
+        still_standing = await _timed(client, "/takes", seconds=0)
+        assert (await long_turn).status_code == 200
+        await asyncio.sleep(serving.CODEL_INTERVAL_S)  # nothing shed for over an interval since
+        next_turn = asyncio.create_task(client.get("/takes", params={"seconds": 0.1}))
+        await asyncio.sleep(0.02)
+        recovered = await _timed(client, "/takes", seconds=0)
+        assert (await next_turn).status_code == 200
+    assert still_standing[0] == 503, f"a turn freed by shedding ended the standing: {still_standing}"
+    assert still_standing[1] < 0.2, f"it waited out the long turn: {still_standing}"
+    assert recovered[0] == 200, f"with nothing shed for an interval the queue still stood: {recovered}"
+
+
 def test_while_the_event_loop_runs_late_new_requests_are_shed() -> None:
     asyncio.run(_while_the_event_loop_runs_late_new_requests_are_shed())
 
