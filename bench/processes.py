@@ -43,7 +43,7 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 def busy_cores(count: int) -> Iterator[None]:
     """`count` processes that each spin on a core of their own: a machine about half as fast, as
     the issues were measured on (here the bare transactional loop falls from 26,000-38,000 to
-    13,000-16,000 records/s). It also adds what a shared machine adds: waits for a time slice."""
+    13,000-17,000 records/s). It also adds what a shared machine adds: waits for a time slice."""
     spinners = [
         subprocess.Popen(
             [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"]

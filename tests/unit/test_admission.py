@@ -148,6 +148,17 @@ def _shed_count(scrape: str, reason: str) -> int:
     return int(float(counts[0])) if counts else 0
 
 
+async def _every_5_ms(client: httpx.AsyncClient, count: int) -> list[tuple[int, float]]:
+    """`count` requests sent one every 5 ms: their answers and how long each took. Within 2 s:
+    held for the budget, they would wait 5 s."""
+    arrivals = []
+    for _ in range(count):
+        arrivals.append(asyncio.create_task(_timed(client, "/takes", seconds=0)))
+        await asyncio.sleep(0.005)
+    async with asyncio.timeout(2):
+        return await asyncio.gather(*arrivals)
+
+
 def test_a_queue_that_shedding_emptied_still_stands() -> None:
     asyncio.run(_a_queue_that_shedding_emptied_still_stands())
 
@@ -184,12 +195,8 @@ async def _a_queue_stands_until_nothing_has_been_shed_for_an_interval() -> None:
     async with _client(app) as client:
         held = asyncio.create_task(client.get("/slow"))
         await asyncio.sleep(0.02)
-        shed = []
-        for _ in range(30):  # a request every 5 ms for 150 ms: the queue comes to stand
-            shed.append(asyncio.create_task(_timed(client, "/takes", seconds=0)))
-            await asyncio.sleep(0.005)
-        async with asyncio.timeout(2):
-            assert {status for status, _ in await asyncio.gather(*shed)} == {503}
+        shed = await _every_5_ms(client, 30)  # for 150 ms: the queue comes to stand
+        assert {status for status, _ in shed} == {503}
         gate.set()  # the turn goes free, nobody waiting: the queue was shed empty
         assert (await held).status_code == 200
         long_turn = asyncio.create_task(client.get("/takes", params={"seconds": 0.3}))
@@ -263,12 +270,7 @@ async def _while_the_queue_stands_no_request_waits_long_for_a_turn() -> None:
     async with _client(app) as client:
         held = asyncio.create_task(client.get("/slow"))
         await asyncio.sleep(0.02)
-        arrivals = []
-        for _ in range(60):  # a request every 5 ms for 300 ms, none of which can get the turn
-            arrivals.append(asyncio.create_task(_timed(client, "/takes", seconds=0)))
-            await asyncio.sleep(0.005)
-        async with asyncio.timeout(2):  # held for the budget, they would wait 5 s
-            answers = await asyncio.gather(*arrivals)
+        answers = await _every_5_ms(client, 60)  # for 300 ms, none of which can get the turn
         gate.set()
         assert (await held).status_code == 200
         scrape = await client.get("/metrics")
