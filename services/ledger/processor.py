@@ -187,6 +187,8 @@ class Processor:
         # Members a tick that spans transactions has reached so far, by the tick's record.
         self._ticked: dict[tuple[str, int, int], set[str]] = {}
         self._stop = threading.Event()  # `run`'s, so that waits for the broker end on a stop
+        self._began = 0.0  # when the last transaction began (monotonic)
+        self._interval_s = settings.processor_transaction_interval_ms / 1000
 
     def _new_records(self) -> TransactionRecords:
         settings = self._settings
@@ -302,6 +304,8 @@ class Processor:
         if self._warming:
             self._warm_up()
         waiting, warming = self._restore.pending or self._warming, self.store.warming()
+        if not (waiting or warming):
+            self._stop.wait(self._began + self._interval_s - time.monotonic())  # (none when negative)
         batch = self._consumer.poll(timeout_ms=0 if waiting or warming else 200, max_records=self._fits)
         if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
@@ -341,6 +345,7 @@ class Processor:
 
     def _commit(self, records: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         started = time.perf_counter()
+        self._began = time.monotonic()
         group = self._consumer.group_metadata()
         if group.generation_id < 0:
             self._read_again(records)

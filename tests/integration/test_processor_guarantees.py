@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,6 +69,36 @@ def test_a_purchase_published_twice_is_applied_once(isolated: Isolated, running:
         "PurchaseRecorded": 2,
         "PointsEarned": 2,
     }
+
+
+def test_purchases_that_arrive_within_the_transaction_interval_share_the_next_transaction(
+    isolated: Isolated, running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A purchase after a pause is decided at once; those that arrive within the interval after
+    it wait and share one transaction, instead of each paying for its own."""
+    caplog.set_level(logging.DEBUG, logger="services.ledger.processor")
+    settings = isolated.ledger(processor_transaction_interval_ms=1500)
+    running.start(Processor(settings, ProgramRules()).run)
+    send_purchase(settings, "m-0", "o-0", "10.00")
+    await_events(settings, "m-0", 3)
+    time.sleep(1.6)  # a pause longer than the interval
+    caplog.clear()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    sent = []
+    for index in range(1, 6):  # one every 100 ms: all within the interval after the first
+        value = json.dumps(purchase(f"m-{index}", f"o-{index}", "10.00")).encode()
+        sent.append(producer.send(settings.topic_purchases, key=f"m-{index}".encode(), value=value).get(10))
+        time.sleep(0.1)
+    producer.close()
+    for index in range(1, 6):
+        await_events(settings, f"m-{index}", 3)
+    batches = [vars(r) for r in caplog.records if r.getMessage() == "batch committed" and vars(r)["records"]]
+    assert [batch["records"] for batch in batches] == [1, 4]
+    # The first began at once; the second an interval after it. (Each line gives its phases' times.)
+    phases = ("decide_ms", "offsets_ms", "commit_ms", "store_ms")
+    began = [batch["created"] - sum(batch[phase] for phase in phases) / 1000 for batch in batches]
+    assert began[0] - sent[0].timestamp / 1000 < 1.0
+    assert began[1] - began[0] >= 1.5 - 0.01
 
 
 @pytest.mark.parametrize(
