@@ -28,6 +28,16 @@ def with_children(pid: int) -> list[int]:
     return [pid, *children(pid)]
 
 
+def workers(pid: int) -> list[int]:
+    """An API's worker processes: its children but multiprocessing's resource tracker."""
+    found = []
+    for child in children(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+            if b"spawn_main" in cmdline.read():
+                found.append(child)
+    return found
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User and system CPU the processes have used so far (Linux): a figure less noisy than a rate."""
     ticks = os.sysconf("SC_CLK_TCK")

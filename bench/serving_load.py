@@ -47,7 +47,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.end_to_end import measure
-from bench.processes import busy_cores, component_pid, cpu_seconds, with_children
+from bench.processes import busy_cores, component_pid, cpu_seconds, with_children, workers
 from bench.stack import RunningStack, loyalty_run, wait_ready
 from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
@@ -168,16 +168,20 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     urls = [f"{stack.read}/v1/members/m-{rng.randrange(members)}/balance" for _ in range(20_000)]
     targets: list[dict[str, object]] = [{"method": "GET", "url": url, "header": auth} for url in urls]
     read_api = with_children(component_pid(stack.process.pid, "read-api"))
+    read_workers = workers(read_api[0])
     for rate in rates:
         before, cpu = shed_by_reason(stack.read), cpu_seconds(read_api)
+        by_worker = [cpu_seconds([pid]) for pid in read_workers]
         results = attack(targets, rate, seconds)
         spent, after = cpu_seconds(read_api) - cpu, shed_by_reason(stack.read)
+        by_worker = [cpu_seconds([pid]) - was for pid, was in zip(read_workers, by_worker, strict=True)]
         report("GET /v1/members/{id}/balance", rate, seconds, results)
         shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
         served = len(latencies(results, {200}))
         print(
             f"  shed by reason (the read API's metrics): {dict(sorted(shed.items()))}; read API CPU "
-            f"{cpu_spent(spent, seconds, served, 'read served')}"
+            f"{cpu_spent(spent, seconds, served, 'read served')}; its workers' shares of a core: "
+            + ", ".join(f"{worker / seconds:.0%}" for worker in by_worker)
         )
         sent = seconds_in(results)
         print(f"  503s by second of the attack: {shed_by_second(sent, results)}")

@@ -18,7 +18,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.serving import MULTIPROCESS_ENV, Admission, ServingSettings
+from services.serving import MULTIPROCESS_ENV, Admission, Rotation, ServingSettings
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -67,7 +67,7 @@ def install_http_metrics(
     serving: ServingSettings,
     extra: Callable[[FastAPI], Awaitable[Iterable[Metric]]] | None = None,
 ) -> None:
-    """Time every request, shed what cannot start in time, and serve `/metrics`.
+    """Time every request, shed what cannot start in time, rotate connections, and serve `/metrics`.
 
     `extra` adds families read at scrape time. Install it last: admission then comes first, so a
     request that is shed costs as little as possible.
@@ -94,6 +94,7 @@ def install_http_metrics(
     app.add_middleware(
         Admission, limit=serving.api_max_in_flight, budget_s=serving.api_queue_budget_ms / 1000, shed=shed
     )
+    app.add_middleware(Rotation, every=serving.api_requests_per_connection)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import tempfile
 import time
 from collections import deque
@@ -20,7 +21,7 @@ from collections import deque
 from prometheus_client import Counter
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import STARTUP_FAILURE
 
 from services.problems import Problem, problem_response
@@ -72,6 +73,9 @@ class ServingSettings(BaseSettings):
     # so that the client closes it first: a server that closes first races the client's next
     # request, which is then reset. At uvicorn's 5 s, an overloaded run reset 21 purchases.
     api_keep_alive_s: int = Field(default=120, ge=1)
+    # About how many requests a client's connection carries before an answer asks the client to
+    # reconnect (Rotation); 0: never.
+    api_requests_per_connection: int = Field(default=100, ge=0)
 
 
 class _Turn:
@@ -225,6 +229,35 @@ class Admission:
             await asyncio.sleep(LATENESS_TICK_S)
             late, previous = time.perf_counter() - due, late
             self._late_s = min(late, previous)  # late twice running: not one hiccup of the scheduler
+
+
+class Rotation:
+    """ASGI middleware: about one answer in `every` asks the client to reconnect (`Connection:
+    close`), so that its connections are dealt out among the workers again.
+
+    The kernel deals out connections, not requests (worker_pool). A client at a steady rate
+    reuses its most recent idle connection (Go's does), so a few connections carry most of its
+    requests, and whichever worker holds them most of the load: at 1,000 reads/s, 47% of a core
+    against 9%, or 33% against 24%, by how they fell. Reconnecting now and then, they fall anew,
+    and the shares even out (29% and 26%, 28% and 27%). An answer that says it closes races
+    nothing, unlike a connection closed while idle: the client sends nothing more on it.
+    """
+
+    def __init__(self, app: ASGIApp, every: int) -> None:
+        self._app = app
+        self._chance = 1 / every if every else 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNGATED or random.random() >= self._chance:
+            await self._app(scope, receive, send)
+            return
+
+        async def closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self._app(scope, receive, closing)
 
 
 def overloaded(detail: str) -> Problem:

@@ -4,7 +4,8 @@ uvicorn's own workers share one listening socket, and uvloop accepts every conne
 it at once: the burst of connections a client opens when its load starts lands on whichever worker
 woke first. Seen under 1,000 reads/s: one worker at 64% of a core and its p99 rising, the other at
 4%. With SO_REUSEPORT each worker listens on a socket of its own and the kernel deals the
-connections out among them.
+connections out among them; `serving.Rotation` has clients reconnect now and then, so that the
+few connections that carry most of a client's requests do not stay with one worker.
 """
 
 from __future__ import annotations

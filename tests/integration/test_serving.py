@@ -24,12 +24,13 @@ REQUESTS = 60
 
 
 @contextmanager
-def _read_api(isolated: Isolated, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def _read_api(
+    isolated: Isolated, log: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """`loyalty read-api` with two workers, once ready."""
     with reserved_ports(1) as (port,):
-        server = spawn(
-            "read-api", {**isolated.env, "LOYALTY_READ_PORT": str(port), "LOYALTY_API_WORKERS": "2"}, log
-        )
+        overrides = {"LOYALTY_READ_PORT": str(port), "LOYALTY_API_WORKERS": "2", **(env or {})}
+        server = spawn("read-api", {**isolated.env, **overrides}, log)
     try:
         _wait_ready(f"http://127.0.0.1:{port}", server, log)
         yield server, port
@@ -97,6 +98,26 @@ def _healthz(connection: socket.socket) -> bytes:
             break
         answer += chunk
     return answer
+
+
+@pytest.mark.parametrize(("every", "closes"), [("10", True), ("0", False)])
+def test_now_and_then_an_answer_asks_the_client_to_reconnect(
+    isolated: Isolated, tmp_path: Path, every: str, closes: bool
+) -> None:
+    """So that the few connections that carry most of a client's requests are dealt out among
+    the workers again; an answer that says so closes nothing the client is still using."""
+    env = {"LOYALTY_API_REQUESTS_PER_CONNECTION": every}
+    with (
+        _read_api(isolated, tmp_path / "read-api.log", env) as (_, port),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=isolated.headers) as client,
+    ):
+        answers = [client.get(f"/v1/members/m-{index}") for index in range(200)]
+        probes = [client.get("/healthz") for _ in range(100)]
+    assert {answer.status_code for answer in answers} == {404}
+    closed = sum(answer.headers.get("connection") == "close" for answer in answers)
+    # One in ten on average: none in 200 is a chance of 7e-10.
+    assert (closed > 0) == closes, closed
+    assert not any(probe.headers.get("connection") == "close" for probe in probes), "probes are not load"
 
 
 def test_a_worker_that_dies_is_replaced(isolated: Isolated, tmp_path: Path) -> None:
