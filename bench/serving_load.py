@@ -171,10 +171,10 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     read_workers = workers(read_api[0])
     for rate in rates:
         before, cpu = shed_by_reason(stack.read), cpu_seconds(read_api)
-        by_worker = [cpu_seconds([pid]) for pid in read_workers]
+        workers_before = [cpu_seconds([pid]) for pid in read_workers]
         results = attack(targets, rate, seconds)
         spent, after = cpu_seconds(read_api) - cpu, shed_by_reason(stack.read)
-        by_worker = [cpu_seconds([pid]) - was for pid, was in zip(read_workers, by_worker, strict=True)]
+        by_worker = [cpu_seconds([pid]) - was for pid, was in zip(read_workers, workers_before, strict=True)]
         report("GET /v1/members/{id}/balance", rate, seconds, results)
         shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
         served = len(latencies(results, {200}))

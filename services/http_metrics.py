@@ -69,8 +69,8 @@ def install_http_metrics(
 ) -> None:
     """Time every request, shed what cannot start in time, rotate connections, and serve `/metrics`.
 
-    `extra` adds families read at scrape time. Install it last: admission then comes first, so a
-    request that is shed costs as little as possible.
+    `extra` adds families read at scrape time. Install it last: admission then comes first (behind
+    only the rotation's coin toss), so a request that is shed costs as little as possible.
     """
     registry = CollectorRegistry()
     histogram = Histogram(

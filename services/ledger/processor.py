@@ -304,8 +304,9 @@ class Processor:
         if self._warming:
             self._warm_up()
         waiting, warming = self._restore.pending or self._warming, self.store.warming()
-        if not (waiting or warming):
-            self._stop.wait(self._began + self._interval_s - time.monotonic())  # (none when negative)
+        # Paced only when nothing is being restored or read ahead, which polls between slices of it.
+        if not (waiting or warming) and self._stop.wait(self._began + self._interval_s - time.monotonic()):
+            return
         batch = self._consumer.poll(timeout_ms=0 if waiting or warming else 200, max_records=self._fits)
         if batch or self.rules_unchecked or self._unannounced:
             self._commit(batch)
