@@ -1,4 +1,5 @@
-"""The processes of a `loyalty run` that a benchmark watches: found by component, and their CPU."""
+"""The processes of a `loyalty run` that a benchmark watches: found by component, their CPU, and
+how much CPU they may have."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+# Short periods: a stack past its quota waits at most this long for the next one.
+QUOTA_PERIOD_US = 10_000
 
 
 def component_pid(parent: int, component: str) -> int:
@@ -47,6 +53,30 @@ def cpu_seconds(pids: Iterable[int]) -> float:
             fields = stat.read().rpartition(")")[2].split()
         total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+@contextmanager
+def cpu_quota(cores: float) -> Iterator[Path | None]:
+    """A cgroup whose processes together get `cores` cores' worth of CPU every 10 ms, or None
+    for no limit: a machine with that much capacity, for the stack alone (the client stays
+    outside it, unlike with `busy_cores`). Needs root and cgroup v1's cpu controller. Yields the
+    file that a process joins it by."""
+    if not cores:
+        yield None
+        return
+    if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+        raise SystemExit(f"no cgroup v1 cpu controller at {CGROUP_CPU}: a CPU quota needs one (and root)")
+    group = CGROUP_CPU / f"loyalty-bench-{os.getpid()}"
+    group.mkdir()
+    (group / "cpu.cfs_period_us").write_text(str(QUOTA_PERIOD_US))
+    (group / "cpu.cfs_quota_us").write_text(str(int(cores * QUOTA_PERIOD_US)))
+    try:
+        yield group / "cgroup.procs"
+    finally:
+        try:
+            group.rmdir()
+        except OSError as error:  # a process of the stack outlived it
+            print(f"cgroup {group} left: {error}", file=sys.stderr)
 
 
 @contextmanager

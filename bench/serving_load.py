@@ -14,9 +14,11 @@ own timestamps) and the rest (HTTP, the API, the transaction's commit, the reply
 
     .venv/bin/python -m bench.serving_load [--read-rates 500,1000,3000] [--command-rate 200]
         [--seconds 20] [--command-warmup 5] [--purchases 20000] [--members 2000] [--busy-cores 0]
+        [--cpu-quota 0]
 
 With --busy-cores N, N processes spin on a core each for the whole run: a machine about half as
-fast (the bare loop beside the figures shows how much).
+fast (the bare loop beside the figures shows how much). With --cpu-quota C, `loyalty run` and all
+it starts get C cores' worth of CPU in all (a cgroup; root only), while the client gets the rest.
 
 vegeta: `go install github.com/tsenart/vegeta/v12@v12.13.0` (found on PATH or in ~/go/bin).
 """
@@ -47,7 +49,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.end_to_end import measure
-from bench.processes import busy_cores, component_pid, cpu_seconds, with_children, workers
+from bench.processes import busy_cores, component_pid, cpu_quota, cpu_seconds, with_children, workers
 from bench.stack import RunningStack, loyalty_run, wait_ready
 from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
@@ -319,9 +321,14 @@ def main() -> None:
     parser.add_argument("--purchases", type=int, default=20_000)
     parser.add_argument("--members", type=int, default=2_000)
     parser.add_argument("--busy-cores", type=int, default=0, help="cores to keep busy meanwhile")
+    parser.add_argument("--cpu-quota", type=float, default=0, help="cores' worth of CPU for the stack")
     args = parser.parse_args()
     vegeta()
-    with busy_cores(args.busy_cores), loyalty_run() as stack:
+    with (
+        busy_cores(args.busy_cores),
+        cpu_quota(args.cpu_quota) as cgroup,
+        loyalty_run(cgroup=cgroup) as stack,
+    ):
         measure(args.purchases, args.members, stack)
         ceiling(min(args.seconds, 10))
         if args.read_rates != "none":

@@ -94,8 +94,11 @@ class RunningStack:
 
 
 @contextmanager
-def loyalty_run(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
-    """Start `loyalty run` (local Kafka and Postgres included), wait for its banner, stop it after."""
+def loyalty_run(extra: dict[str, str] | None = None, cgroup: Path | None = None) -> Iterator[RunningStack]:
+    """Start `loyalty run` (local Kafka and Postgres included), wait for its banner, stop it after.
+
+    `cgroup`: the procs file of a cgroup that it (and so all it starts) joins before it runs.
+    """
     state = Path(tempfile.mkdtemp(prefix="bench-run-"))
     admin_key = f"lk-bench-{uuid.uuid4().hex}"
     with reserved_ports(6) as (kafka, controller, pg, ledger, read, supervisor):
@@ -124,6 +127,7 @@ def loyalty_run(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=None if cgroup is None else lambda: cgroup.write_text(str(os.getpid())),
             )
         try:
             started = time.monotonic()
