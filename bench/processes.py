@@ -25,8 +25,12 @@ def component_pid(parent: int, component: str) -> int:
 
 
 def children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(child) for child in found]
+    """The process's own children, as the kernel lists them for each of its threads (Linux)."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
 
 
 def with_children(pid: int) -> list[int]:
@@ -36,12 +40,7 @@ def with_children(pid: int) -> list[int]:
 
 def workers(pid: int) -> list[int]:
     """An API's worker processes: its children but multiprocessing's resource tracker."""
-    found = []
-    for child in children(pid):
-        with open(f"/proc/{child}/cmdline", "rb") as cmdline:
-            if b"spawn_main" in cmdline.read():
-                found.append(child)
-    return found
+    return [child for child in children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

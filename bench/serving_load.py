@@ -172,11 +172,10 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     read_api = with_children(component_pid(stack.process.pid, "read-api"))
     read_workers = workers(read_api[0])
     for rate in rates:
-        before, cpu = shed_by_reason(stack.read), cpu_seconds(read_api)
-        workers_before = [cpu_seconds([pid]) for pid in read_workers]
+        before, cpu = shed_by_reason(stack.read), {pid: cpu_seconds([pid]) for pid in read_api}
         results = attack(targets, rate, seconds)
-        spent, after = cpu_seconds(read_api) - cpu, shed_by_reason(stack.read)
-        by_worker = [cpu_seconds([pid]) - was for pid, was in zip(read_workers, workers_before, strict=True)]
+        by_pid, after = {pid: cpu_seconds([pid]) - cpu[pid] for pid in read_api}, shed_by_reason(stack.read)
+        spent, by_worker = sum(by_pid.values()), [by_pid[pid] for pid in read_workers]
         report("GET /v1/members/{id}/balance", rate, seconds, results)
         shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
         served = len(latencies(results, {200}))

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.processes import workers
 from localinfra.process import reserved_ports
 from tests.conftest import Isolated
 from tests.integration.serving import ready, spawn
@@ -50,7 +51,7 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
 def test_metrics_add_up_every_worker(isolated: Isolated, tmp_path: Path) -> None:
     with _read_api(isolated, tmp_path / "read-api.log") as (server, port):
         base = f"http://127.0.0.1:{port}"
-        assert len(_workers(server.pid)) == 2, "two worker processes serve the API"
+        assert len(workers(server.pid)) == 2, "two worker processes serve the API"
         for index in range(REQUESTS):  # a connection each, dealt out among the workers
             answer = httpx.get(f"{base}/v1/members/m-{index}", headers=isolated.headers)
             assert answer.status_code == 404
@@ -65,7 +66,7 @@ def test_a_burst_of_connections_is_dealt_out_among_the_workers(isolated: Isolate
         try:
             for client in clients:  # each holds its connection open after its request
                 assert client.get("/healthz").status_code == 200
-            held = {pid: _connections(pid, port) for pid in _workers(server.pid)}
+            held = {pid: _connections(pid, port) for pid in workers(server.pid)}
         finally:
             for client in clients:
                 client.close()
@@ -122,13 +123,13 @@ def test_now_and_then_an_answer_asks_the_client_to_reconnect(
 
 def test_a_worker_that_dies_is_replaced(isolated: Isolated, tmp_path: Path) -> None:
     with _read_api(isolated, tmp_path / "read-api.log") as (server, port):
-        victim, survivor = _workers(server.pid)
+        victim, survivor = workers(server.pid)
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while len(workers := _workers(server.pid)) < 2 or victim in workers:
+        while len(alive := workers(server.pid)) < 2 or victim in alive:
             assert time.monotonic() < deadline, "no worker took the dead one's place"
             time.sleep(0.2)
-        assert survivor in workers
+        assert survivor in alive
         _wait_ready(f"http://127.0.0.1:{port}", server, tmp_path / "read-api.log")
         for _ in range(CONNECTIONS):  # new connections reach both workers again, the new one too
             assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
@@ -151,10 +152,6 @@ def test_a_port_already_in_use_is_refused_not_shared(isolated: Isolated, tmp_pat
 
 
 CONNECTIONS = 24
-
-
-def _workers(pid: int) -> list[int]:
-    return [int(line.split()[0]) for line in _children(pid) if "spawn_main" in line]
 
 
 def _connections(pid: int, port: int) -> int:
@@ -183,13 +180,3 @@ def _count(scrape: str) -> int:
         scrape,
     )
     return int(float(found.group(1))) if found else 0
-
-
-def _children(pid: int) -> list[str]:
-    """`pid command line` of each child process of `pid`."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            found.append(f"{child} {command}")
-    return found
