@@ -6,11 +6,12 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from services.kafka_compat import NO_CLIENT_METRICS
+from services.kafka_compat import NO_CLIENT_METRICS, install_fixes
 
 
 def committed_reader(bootstrap: str, client_id: str, **overrides: Any) -> KafkaConsumer:
     """A consumer outside any group that sees committed transactions only; it assigns and seeks itself."""
+    install_fixes()
     return KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,

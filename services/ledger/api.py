@@ -26,7 +26,7 @@ from services.access.keys import Principal
 from services.body_limit import install_body_limit
 from services.children import end_with_parent
 from services.http_metrics import install_http_metrics
-from services.kafka_compat import NO_CLIENT_METRICS
+from services.kafka_compat import NO_CLIENT_METRICS, install_fixes
 from services.kafka_offsets import committed_reader, end_offsets
 from services.ledger.command_messages import (
     AdjustmentBody,
@@ -147,6 +147,7 @@ def create_app(settings: LedgerSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ensure_topics(settings)
         await guard.open()
+        install_fixes()
         app.state.producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="loyalty-ledger-api",

@@ -44,7 +44,7 @@ from services.kafka_compat import (
     NO_CLIENT_METRICS,
     TransactionRecords,
     close_producer,
-    install_consumer_fixes,
+    install_fixes,
     start_sending_offsets,
 )
 from services.ledger.command_messages import (
@@ -149,7 +149,7 @@ class Processor:
         self.store = StateStore(settings)
         self.partitions = settings.partitions
         self.rules_unchecked = False
-        install_consumer_fixes()
+        install_fixes()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.processor_group,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from services.kafka_compat import close_producer
+from services.kafka_compat import NO_CLIENT_METRICS, close_producer, install_fixes
 from services.ledger.command_messages import CommandMessage, TickBody
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
@@ -24,6 +24,7 @@ SEND_TIMEOUT_S = 10.0
 class Scheduler:
     def __init__(self, settings: LedgerSettings) -> None:
         self._settings = settings
+        install_fixes()
         self._producer = KafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             client_id="loyalty-scheduler",
@@ -31,6 +32,7 @@ class Scheduler:
             enable_idempotence=True,
             # Bounded, so that a tick during a broker outage fails and is retried, and a stop is seen.
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
+            **NO_CLIENT_METRICS,
         )
 
     def tick(self, now: datetime) -> None:

@@ -20,7 +20,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 from services import collector
-from services.kafka_compat import NO_CLIENT_METRICS, install_consumer_fixes
+from services.kafka_compat import NO_CLIENT_METRICS, install_fixes
 from services.migrations import schema_options
 from services.projector import store
 from services.projector.fold import DUPLICATE, Folded, decode, fold
@@ -134,7 +134,7 @@ class Projector:
         self._reading: Batch = {}
         # Set when Postgres failed: the consumer may be ahead of the checkpoints until _resync.
         self._unsynced = False
-        install_consumer_fixes()
+        install_fixes()
         self._consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=settings.projector_group,

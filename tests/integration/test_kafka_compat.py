@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import MessageSizeTooLargeError
 
-from services.kafka_compat import TransactionRecords, install_consumer_fixes
+from services.kafka_compat import TransactionRecords, install_fixes
 from tests.conftest import Isolated
 
 
@@ -23,7 +24,7 @@ def read_for(consumer: KafkaConsumer, tp: TopicPartition, seconds: float) -> int
 def test_a_partition_paused_in_the_middle_of_a_read_is_read_again_once_resumed(isolated: Isolated) -> None:
     """Its fetched records were next in line when it was paused, and another partition's were
     read to the end meanwhile: kafka-python alone never reads the first partition again."""
-    install_consumer_fixes()
+    install_fixes()
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
@@ -117,3 +118,41 @@ def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_o
     finally:
         consumer.close()
         producer.close()
+
+
+def test_waiting_for_the_broker_never_formats_a_socket(
+    isolated: Isolated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python asks its selector for each socket it waits on, and a socket not registered
+    (nearly every one) used to be formatted into the KeyError, at two system calls a wait."""
+    install_fixes()
+    formatted = 0
+    unformatted = socket.socket.__repr__
+
+    def counted(self: socket.socket) -> str:
+        nonlocal formatted
+        formatted += 1
+        return unformatted(self)
+
+    bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    monkeypatch.setattr(socket.socket, "__repr__", counted)
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    try:
+        for index in range(20):
+            producer.send(topic, b"%d" % index).get(timeout=10)
+        assert read_all(consumer, 20, seconds=15) == 20
+        assert formatted == 0  # closing a client formats one, once
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def read_all(consumer: KafkaConsumer, expected: int, seconds: float) -> int:
+    read, deadline = 0, time.monotonic() + seconds
+    while read < expected and time.monotonic() < deadline:
+        read += sum(len(records) for records in consumer.poll(timeout_ms=200).values())
+    return read
