@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
+from collections import Counter
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -115,6 +117,47 @@ def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_o
         for partition in (0, 1):
             expected = [f"{t}-{n}" for t in (0, 2, 3) for n in range(partition, 2000, 2)]
             assert values[partition] == expected
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def test_a_transaction_adds_its_partitions_in_one_request(isolated: Isolated) -> None:
+    """Records to six partitions a while apart, then the commit: one AddPartitionsToTxn for all
+    six, which arrive. (`send` wakes the I/O thread for each partition's first record, and the
+    thread, woken, adds the partitions seen so far: six requests here.)"""
+    bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=topic, linger_ms=1)
+    records = TransactionRecords(producer)
+    requests: Counter[str] = Counter()
+    client = producer._sender._client
+    send = client.send
+
+    def counted(node: int, request: object, *args: Any, **kwargs: Any) -> Any:
+        requests[type(request).__name__] += 1
+        return send(node, request, *args, **kwargs)
+
+    client.send = counted
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    try:
+        producer.init_transactions()
+        for transaction in range(2):  # the first learns the topic's metadata
+            records.begin()
+            requests.clear()
+            for partition in range(6):
+                records.send(topic, partition, b"key", b"%d" % transaction)
+                time.sleep(0.05)
+            producer.flush(timeout=10)
+            producer.commit_transaction()
+        assert requests["AddPartitionsToTxnRequest"] == 1
+        consumer.assign([TopicPartition(topic, partition) for partition in range(6)])
+        consumer.seek_to_beginning()
+        assert read_all(consumer, 12, seconds=15) == 12
     finally:
         consumer.close()
         producer.close()
