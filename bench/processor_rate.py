@@ -6,7 +6,9 @@ processor (its debug log on), publishes purchases to the inbound topic at `--rat
 uncounted warm-up and then for `--seconds`, and prints the processor's CPU per purchase (user
 and system, from `/proc`), the transactions it committed and what each took, from its
 `batch committed` lines: records, deciding, waiting for the input offsets, the commit (flush and
-EndTxn), writing the local store.
+EndTxn), writing the local store. Then, beside it, the same rate through a bare consume-produce
+loop paced as the processor is (a transaction at most every `processor_transaction_interval_ms`,
+six records out per record in, no decisions): what kafka-python's transactions alone cost here.
 
     .venv/bin/python -m bench.processor_rate [--rate 500] [--seconds 20] [--members 2000]
 """
@@ -15,14 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as EventType
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata
 
 from bench.processes import cpu_seconds
 from bench.processor_throughput import purchase
@@ -32,6 +38,8 @@ from services.ledger.topics import ensure_topics
 
 WARMUP_S = 8.0
 PHASES = ("records", "decide_ms", "offsets_ms", "commit_ms", "store_ms")
+# Records a purchase writes: two events and about four changelog records (README, "Benchmarks").
+RECORDS_OUT = 6
 
 
 def publish(producer: KafkaProducer, topic: str, first: int, rate: int, seconds: float, members: int) -> int:
@@ -46,6 +54,73 @@ def publish(producer: KafkaProducer, topic: str, first: int, rate: int, seconds:
         producer.flush()
         time.sleep(0.001)
     return index
+
+
+def paced_bare_loop(settings: LedgerSettings, transactions: Synchronized[int], stop: EventType) -> None:
+    """Copy what arrives on the purchases topic, RECORDS_OUT times each, to the (unused) DLQ
+    topic in transactions paced as the processor's, counting them, until `stop`."""
+    group = f"bare-{os.getpid()}"
+    consumer = KafkaConsumer(
+        settings.topic_purchases,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        isolation_level="read_committed",
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        transactional_id=group,
+        linger_ms=1,
+        batch_size=256 * 1024,
+        retry_backoff_ms=5,
+    )
+    producer.init_transactions()
+    interval_s, began = settings.processor_transaction_interval_ms / 1000, 0.0
+    while not stop.is_set():
+        time.sleep(max(0.0, began + interval_s - time.monotonic()))
+        batch = consumer.poll(timeout_ms=200, max_records=2000)
+        if not batch:
+            continue
+        began = time.monotonic()
+        producer.begin_transaction()
+        for records in batch.values():
+            for record in records:
+                for _ in range(RECORDS_OUT):
+                    producer.send(
+                        settings.topic_dlq, key=record.key, value=record.value, partition=record.partition
+                    )
+        offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()}
+        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+        producer.commit_transaction()
+        transactions.value += 1
+    consumer.close()
+    producer.close()
+
+
+def bare(
+    settings: LedgerSettings, producer: KafkaProducer, first: int, rate: int, seconds: float, members: int
+) -> None:
+    """The paced bare loop (a process of its own) over purchases published at `rate` after a
+    warm-up; prints its CPU a purchase and a transaction."""
+    spawn = multiprocessing.get_context("spawn")  # not a fork of this process and its clients' threads
+    transactions, stop = spawn.Value("q", 0), spawn.Event()
+    loop = spawn.Process(target=paced_bare_loop, args=(settings, transactions, stop))
+    loop.start()
+    try:
+        warmed = publish(producer, settings.topic_purchases, first, rate, WARMUP_S, members)
+        time.sleep(1)
+        cpu, committed = cpu_seconds([loop.pid or 0]), transactions.value
+        sent = publish(producer, settings.topic_purchases, warmed, rate, seconds, members)
+        time.sleep(1)  # the last of them copied
+        spent, committed = cpu_seconds([loop.pid or 0]) - cpu, transactions.value - committed
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+    print(
+        f"bare loop paced alike, same run: {spent / (sent - warmed) * 1e6:,.0f} us a purchase; "
+        f"{committed} transactions, {spent / max(committed, 1) * 1000:.2f} ms of CPU each"
+    )
 
 
 def main() -> None:
@@ -73,24 +148,28 @@ def main() -> None:
             time.sleep(1)  # the last of them decided
             spent = cpu_seconds([processor.pid]) - cpu
         finally:
-            producer.close()
             processor.terminate()
             processor.wait(timeout=30)
         with open(log.name, "rb") as lines:
             lines.seek(logged)
             batches = [json.loads(line) for line in lines if b'"batch committed"' in line]
-    purchases = sent - warmed
-    print(
-        f"{purchases} purchases at {args.rate}/s: processor CPU "
-        f"{spent / purchases * 1e6:,.0f} us a purchase; "
-        f"{len(batches)} transactions ({len(batches) / args.seconds:.0f}/s), "
-        f"{spent / max(len(batches), 1) * 1000:.2f} ms of CPU each"
-    )
-    for phase in PHASES:
-        values = [batch[phase] for batch in batches]
-        if values:
-            mean, p50 = statistics.mean(values), statistics.median(values)
-            print(f"  {phase:>10}: mean {mean:6.2f}  p50 {p50:6.2f}  max {max(values):6.2f}")
+        purchases = sent - warmed
+        print(
+            f"{purchases} purchases at {args.rate}/s: processor CPU "
+            f"{spent / purchases * 1e6:,.0f} us a purchase; "
+            f"{len(batches)} transactions ({len(batches) / args.seconds:.0f}/s), "
+            f"{spent / max(len(batches), 1) * 1000:.2f} ms of CPU each",
+            flush=True,
+        )
+        for phase in PHASES:
+            values = [batch[phase] for batch in batches]
+            if values:
+                mean, p50 = statistics.mean(values), statistics.median(values)
+                print(f"  {phase:>10}: mean {mean:6.2f}  p50 {p50:6.2f}  max {max(values):6.2f}", flush=True)
+        try:
+            bare(settings, producer, sent, args.rate, args.seconds, args.members)
+        finally:
+            producer.close()
 
 
 if __name__ == "__main__":
