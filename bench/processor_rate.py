@@ -6,9 +6,10 @@ processor (its debug log on), publishes purchases to the inbound topic at `--rat
 uncounted warm-up and then for `--seconds`, and prints the processor's CPU per purchase (user
 and system, from `/proc`), the transactions it committed and what each took, from its
 `batch committed` lines: records, deciding, waiting for the input offsets, the commit (flush and
-EndTxn), writing the local store. Then, beside it, the same rate through a bare consume-produce
-loop paced as the processor is (a transaction at most every `processor_transaction_interval_ms`,
-six records out per record in, no decisions): what kafka-python's transactions alone cost here.
+EndTxn), writing the local store. Then, in the same run, the same rate through a bare
+consume-produce loop paced as the processor is (a transaction at most every
+`processor_transaction_interval_ms`, six records out per record in, sent as the processor sends
+them, no decisions): what the transactions alone cost here.
 
     .venv/bin/python -m bench.processor_rate [--rate 500] [--seconds 20] [--members 2000]
 """
@@ -33,6 +34,7 @@ from kafka.structs import OffsetAndMetadata
 from bench.processes import cpu_seconds
 from bench.processor_throughput import purchase
 from bench.stack import bench_env
+from services.kafka_compat import NO_CLIENT_METRICS, TransactionRecords, install_fixes, start_sending_offsets
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
 
@@ -60,6 +62,7 @@ def paced_bare_loop(settings: LedgerSettings, transactions: Synchronized[int], s
     """Copy what arrives on the purchases topic, RECORDS_OUT times each, to the (unused) DLQ
     topic in transactions paced as the processor's, counting them, until `stop`."""
     group = f"bare-{os.getpid()}"
+    install_fixes()  # the processor's clients, as the processor makes them
     consumer = KafkaConsumer(
         settings.topic_purchases,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -67,6 +70,7 @@ def paced_bare_loop(settings: LedgerSettings, transactions: Synchronized[int], s
         enable_auto_commit=False,
         auto_offset_reset="latest",
         isolation_level="read_committed",
+        **NO_CLIENT_METRICS,
     )
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -74,7 +78,9 @@ def paced_bare_loop(settings: LedgerSettings, transactions: Synchronized[int], s
         linger_ms=1,
         batch_size=256 * 1024,
         retry_backoff_ms=5,
+        **NO_CLIENT_METRICS,
     )
+    records = TransactionRecords(producer)
     producer.init_transactions()
     interval_s, began = settings.processor_transaction_interval_ms / 1000, 0.0
     while not stop.is_set():
@@ -83,15 +89,15 @@ def paced_bare_loop(settings: LedgerSettings, transactions: Synchronized[int], s
         if not batch:
             continue
         began = time.monotonic()
-        producer.begin_transaction()
-        for records in batch.values():
-            for record in records:
-                for _ in range(RECORDS_OUT):
-                    producer.send(
-                        settings.topic_dlq, key=record.key, value=record.value, partition=record.partition
-                    )
+        records.begin()
         offsets = {tp: OffsetAndMetadata(rs[-1].offset + 1, "", -1) for tp, rs in batch.items()}
-        producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+        sent = start_sending_offsets(producer, offsets, consumer.group_metadata())
+        for read in batch.values():
+            for record in read:
+                for _ in range(RECORDS_OUT):
+                    records.send(settings.topic_dlq, record.partition, record.key, record.value)
+        sent.wait()
+        producer.flush()
         producer.commit_transaction()
         transactions.value += 1
     consumer.close()
@@ -117,9 +123,13 @@ def bare(
     finally:
         stop.set()
         loop.join(timeout=30)
+        if loop.is_alive():
+            loop.terminate()
+    if loop.exitcode != 0 or not committed:
+        raise SystemExit(f"the bare loop failed (exit code {loop.exitcode}, {committed} transactions)")
     print(
         f"bare loop paced alike, same run: {spent / (sent - warmed) * 1e6:,.0f} us a purchase; "
-        f"{committed} transactions, {spent / max(committed, 1) * 1000:.2f} ms of CPU each"
+        f"{committed} transactions, {spent / committed * 1000:.2f} ms of CPU each"
     )
 
 
@@ -133,43 +143,53 @@ def main() -> None:
         os.environ.update(env)
         settings = LedgerSettings()
         ensure_topics(settings)
-        processor = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "processor"],
-            env={**os.environ, "LOYALTY_LOG_LEVEL": "DEBUG"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=0)
         try:
-            warmed = publish(producer, settings.topic_purchases, 0, args.rate, WARMUP_S, args.members)
-            time.sleep(1)
-            logged, cpu = os.path.getsize(log.name), cpu_seconds([processor.pid])
-            sent = publish(producer, settings.topic_purchases, warmed, args.rate, args.seconds, args.members)
-            time.sleep(1)  # the last of them decided
-            spent = cpu_seconds([processor.pid]) - cpu
-        finally:
-            processor.terminate()
-            processor.wait(timeout=30)
-        with open(log.name, "rb") as lines:
-            lines.seek(logged)
-            batches = [json.loads(line) for line in lines if b'"batch committed"' in line]
-        purchases = sent - warmed
-        print(
-            f"{purchases} purchases at {args.rate}/s: processor CPU "
-            f"{spent / purchases * 1e6:,.0f} us a purchase; "
-            f"{len(batches)} transactions ({len(batches) / args.seconds:.0f}/s), "
-            f"{spent / max(len(batches), 1) * 1000:.2f} ms of CPU each",
-            flush=True,
-        )
-        for phase in PHASES:
-            values = [batch[phase] for batch in batches]
-            if values:
-                mean, p50 = statistics.mean(values), statistics.median(values)
-                print(f"  {phase:>10}: mean {mean:6.2f}  p50 {p50:6.2f}  max {max(values):6.2f}", flush=True)
-        try:
+            sent = processor_at(settings, producer, args.rate, args.seconds, args.members, log.name)
             bare(settings, producer, sent, args.rate, args.seconds, args.members)
         finally:
             producer.close()
+
+
+def processor_at(
+    settings: LedgerSettings, producer: KafkaProducer, rate: int, seconds: float, members: int, log: str
+) -> int:
+    """One processor (its debug log to `log`) under purchases at `rate` after a warm-up; prints
+    its CPU and its transactions' phases, and returns the index after the last purchase sent."""
+    with open(log, "wb") as output:
+        processor = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "processor"],
+            env={**os.environ, "LOYALTY_LOG_LEVEL": "DEBUG"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        warmed = publish(producer, settings.topic_purchases, 0, rate, WARMUP_S, members)
+        time.sleep(1)
+        logged, cpu = os.path.getsize(log), cpu_seconds([processor.pid])
+        sent = publish(producer, settings.topic_purchases, warmed, rate, seconds, members)
+        time.sleep(1)  # the last of them decided
+        spent = cpu_seconds([processor.pid]) - cpu
+    finally:
+        processor.terminate()
+        processor.wait(timeout=30)
+    with open(log, "rb") as lines:
+        lines.seek(logged)
+        batches = [json.loads(line) for line in lines if b'"batch committed"' in line]
+    purchases = sent - warmed
+    print(
+        f"{purchases} purchases at {rate}/s: processor CPU "
+        f"{spent / purchases * 1e6:,.0f} us a purchase; "
+        f"{len(batches)} transactions ({len(batches) / seconds:.0f}/s), "
+        f"{spent / max(len(batches), 1) * 1000:.2f} ms of CPU each",
+        flush=True,
+    )
+    for phase in PHASES:
+        values = [batch[phase] for batch in batches]
+        if values:
+            mean, p50 = statistics.mean(values), statistics.median(values)
+            print(f"  {phase:>10}: mean {mean:6.2f}  p50 {p50:6.2f}  max {max(values):6.2f}", flush=True)
+    return sent
 
 
 if __name__ == "__main__":
