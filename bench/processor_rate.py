@@ -28,13 +28,14 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from multiprocessing.synchronize import Event as EventType
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from kafka.structs import OffsetAndMetadata
 
 from bench.processes import cpu_seconds
-from bench.processor_throughput import purchase
+from bench.processor_throughput import bare_consumer, purchase
 from bench.stack import bench_env
-from services.kafka_compat import NO_CLIENT_METRICS, TransactionRecords, install_fixes, start_sending_offsets
+from services.kafka_compat import NO_CLIENT_METRICS, install_fixes, start_sending_offsets
+from services.ledger.processor import transaction_records
 from services.ledger.settings import LedgerSettings
 from services.ledger.topics import ensure_topics
 
@@ -61,26 +62,13 @@ def publish(producer: KafkaProducer, topic: str, first: int, rate: int, seconds:
 def paced_bare_loop(settings: LedgerSettings, transactions: Synchronized[int], stop: EventType) -> None:
     """Copy what arrives on the purchases topic, RECORDS_OUT times each, to the (unused) DLQ
     topic in transactions paced as the processor's, counting them, until `stop`."""
-    group = f"bare-{os.getpid()}"
     install_fixes()  # the processor's clients, as the processor makes them
-    consumer = KafkaConsumer(
-        settings.topic_purchases,
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        isolation_level="read_committed",
-        **NO_CLIENT_METRICS,
+    group = f"bare-{os.getpid()}"
+    consumer = bare_consumer(
+        settings, settings.topic_purchases, group, auto_offset_reset="latest", **NO_CLIENT_METRICS
     )
-    producer = KafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        transactional_id=group,
-        linger_ms=1,
-        batch_size=256 * 1024,
-        retry_backoff_ms=5,
-        **NO_CLIENT_METRICS,
-    )
-    records = TransactionRecords(producer)
+    records = transaction_records(settings, group)
+    producer = records.producer
     producer.init_transactions()
     interval_s, began = settings.processor_transaction_interval_ms / 1000, 0.0
     while not stop.is_set():

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
@@ -106,17 +107,22 @@ def time_until_consumed(
         admin.close()
 
 
-def bare_loop(settings: LedgerSettings, source: str, total: int) -> float:
-    """Poll up to 2,000 records, copy them to the (unused) DLQ topic, commit offsets: no other work."""
-    group, sink = f"bare-{uuid.uuid4().hex[:6]}", settings.topic_dlq
-    consumer = KafkaConsumer(
+def bare_consumer(settings: LedgerSettings, source: str, group: str, **options: Any) -> KafkaConsumer:
+    """A bare loop's consumer: a group of its own, committed records only, offsets its loop's."""
+    return KafkaConsumer(
         source,
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
         isolation_level="read_committed",
+        **options,
     )
+
+
+def bare_loop(settings: LedgerSettings, source: str, total: int) -> float:
+    """Poll up to 2,000 records, copy them to the (unused) DLQ topic, commit offsets: no other work."""
+    group, sink = f"bare-{uuid.uuid4().hex[:6]}", settings.topic_dlq
+    consumer = bare_consumer(settings, source, group, auto_offset_reset="earliest")
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, transactional_id=group, linger_ms=5, batch_size=256 * 1024
     )

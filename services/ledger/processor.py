@@ -141,6 +141,23 @@ class _Batch:
         ]
 
 
+def transaction_records(settings: LedgerSettings, transactional_id: str) -> TransactionRecords:
+    """The processor's transactional producer, its records sent through TransactionRecords."""
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{transactional_id}-producer",
+        transactional_id=transactional_id,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        linger_ms=1,
+        batch_size=256 * 1024,
+        # A new transaction that starts while the last one's markers are being written gets
+        # CONCURRENT_TRANSACTIONS and is retried after this backoff (default 100 ms).
+        retry_backoff_ms=5,
+        **NO_CLIENT_METRICS,
+    )
+    return TransactionRecords(producer)
+
+
 class Processor:
     def __init__(self, settings: LedgerSettings, rules: ProgramRules) -> None:
         settings, self._instance_lock = claim_instance(settings)
@@ -191,20 +208,7 @@ class Processor:
         self._interval_s = settings.processor_transaction_interval_ms / 1000
 
     def _new_records(self) -> TransactionRecords:
-        settings = self._settings
-        producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id=f"{settings.transactional_id}-producer",
-            transactional_id=settings.transactional_id,
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            linger_ms=1,
-            batch_size=256 * 1024,
-            # A new transaction that starts while the last one's markers are being written gets
-            # CONCURRENT_TRANSACTIONS and is retried after this backoff (default 100 ms).
-            retry_backoff_ms=5,
-            **NO_CLIENT_METRICS,
-        )
-        return TransactionRecords(producer)
+        return transaction_records(self._settings, self._settings.transactional_id)
 
     @property
     def _producer(self) -> KafkaProducer:

@@ -14,6 +14,26 @@ from services.kafka_compat import TransactionRecords, install_fixes
 from tests.conftest import Isolated
 
 
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+
+
+class Wakeups:
+    """Counts the wakeups of the producer's I/O thread from here on."""
+
+    def __init__(self, producer: KafkaProducer) -> None:
+        self.count = 0
+        wakeup = producer._sender.wakeup
+
+        def counted() -> None:
+            self.count += 1
+            wakeup()
+
+        producer._sender.wakeup = counted
+
+
 def read_for(consumer: KafkaConsumer, tp: TopicPartition, seconds: float) -> int:
     read, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -26,9 +46,7 @@ def test_a_partition_paused_in_the_middle_of_a_read_is_read_again_once_resumed(i
     read to the end meanwhile: kafka-python alone never reads the first partition again."""
     install_fixes()
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    admin.close()
+    create_topic(bootstrap, topic, partitions=2)
     paused, other = TopicPartition(topic, 0), TopicPartition(topic, 1)
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -63,9 +81,7 @@ def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_o
     queued and none flushed but by the commit, with an aborted one between them: every committed
     record arrives, in order, none of the aborted; a record over the size limit is refused."""
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    admin.close()
+    create_topic(bootstrap, topic, partitions=2)
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         transactional_id=topic,
@@ -74,15 +90,7 @@ def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_o
         max_request_size=100_000,
     )
     records = TransactionRecords(producer)
-    wakeups = 0
-    wakeup = producer._sender.wakeup
-
-    def counted() -> None:
-        nonlocal wakeups
-        wakeups += 1
-        wakeup()
-
-    producer._sender.wakeup = counted
+    wakeups = Wakeups(producer)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
@@ -100,7 +108,7 @@ def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_o
             else:
                 producer.flush(timeout=20)  # raises, rather than a commit that waits for good
                 producer.commit_transaction()
-        assert wakeups < 4 * 2000 / 10, "woken for new batches (about 30 records each), not records"
+        assert wakeups.count < 4 * 2000 / 10, "woken for new batches (about 30 records each), not records"
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
         consumer.assign(tps)
         consumer.seek_to_beginning()
@@ -129,20 +137,10 @@ def test_a_transactions_first_record_to_each_partition_leaves_the_io_thread_asle
     a transaction in the processor at 200 commands/s.) A record sent outside a transaction is
     refused, the second time too."""
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
-    admin.close()
+    create_topic(bootstrap, topic, partitions=6)
     producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=topic, linger_ms=1)
     records = TransactionRecords(producer)
-    wakeups = 0
-    wakeup = producer._sender.wakeup
-
-    def counted() -> None:
-        nonlocal wakeups
-        wakeups += 1
-        wakeup()
-
-    producer._sender.wakeup = counted
+    wakeups = Wakeups(producer)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
     )
@@ -150,10 +148,10 @@ def test_a_transactions_first_record_to_each_partition_leaves_the_io_thread_asle
         producer.init_transactions()
         for transaction in range(2):  # the first learns the topic's metadata
             records.begin()
-            wakeups = 0
+            wakeups.count = 0
             for partition in range(6):
                 records.send(topic, partition, b"key", b"%d" % transaction)
-            woken = wakeups
+            woken = wakeups.count
             producer.flush(timeout=10)
             producer.commit_transaction()
         assert woken == 0
@@ -184,9 +182,7 @@ def test_waiting_for_the_broker_never_formats_a_socket(
         return unformatted(self)
 
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    admin.close()
+    create_topic(bootstrap, topic, partitions=1)
     monkeypatch.setattr(socket.socket, "__repr__", counted)
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
