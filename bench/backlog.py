@@ -187,6 +187,7 @@ class _Generator:
             )
         return RecordPurchase(
             **self._ids("purchase", account, now),
+            received_at=now,
             purchase_id=f"o-{self.commands}",
             amount_minor=amount,
             currency="CNY",

@@ -18,13 +18,20 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench.http_load import open_loop
 from bench.stack import auth, bench_env, wait_ready
 from localinfra.process import reserved_ports
+
+
+def redemption(phase: str, members: int, index: int) -> dict[str, Any]:
+    """The body of the `index`th redemption of a phase: an id of its own, members in turn."""
+    return {"redemption_id": f"rd-{phase}-{index}", "member_id": f"m-{index % members}", "points": 10}
 
 
 def main() -> None:
@@ -77,11 +84,7 @@ def main() -> None:
                         "/v1/redemptions",
                         args.rate,
                         seconds,
-                        lambda i, phase=phase: {
-                            "redemption_id": f"rd-{phase}-{i}",
-                            "member_id": f"m-{i % args.members}",
-                            "points": 10,
-                        },
+                        partial(redemption, phase, args.members),
                         auth(env),
                     )
                 )
