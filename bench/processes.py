@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from localinfra.stack import LocalStack
+
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 # Short periods: a stack past its quota waits at most this long for the next one.
 QUOTA_PERIOD_US = 10_000
@@ -52,6 +54,36 @@ def cpu_seconds(pids: Iterable[int]) -> float:
             fields = stat.read().rpartition(")")[2].split()
         total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+def stack_parts(run: int, state: Path) -> dict[str, list[int]]:
+    """The processes of a `loyalty run` (pid `run`, state directory `state`) by part, each with its
+    own children (an API's workers, Postgres's backends): its components (`processor`, `ledger-api`,
+    ...; several processors count as one part), and the broker and Postgres it started, if local."""
+    parts: dict[str, list[int]] = {}
+    for pid in children(run):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"services.cli" in args[:-1]:
+            parts.setdefault(args[args.index(b"services.cli") + 1].decode(), []).extend(with_children(pid))
+    servers = LocalStack.from_env({"LOYALTY_STATE_DIR": str(state)}, state_dir=state)
+    broker = servers.kafka.running_pid() if servers.kafka is not None else None
+    if broker is not None:
+        parts["broker"] = [broker]
+    postmaster = servers.postgres.data / "postmaster.pid" if servers.postgres is not None else None
+    if postmaster is not None and postmaster.exists():
+        parts["postgres"] = with_children(int(postmaster.read_text().split()[0]))
+    return parts
+
+
+def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
+    """`cpu_seconds` of each process still running (a Postgres backend may end meanwhile)."""
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds([pid])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 @contextmanager

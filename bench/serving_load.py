@@ -10,7 +10,8 @@ and prints per rate the achieved rate, the share answered 200 (201), the share s
 p50/p99/max of each. The ceiling beside them is a bare app (one constant JSON route, the same
 worker count, same uvicorn) under the same client in the same run. For the commands it prints
 where the time goes: in the processor (command appended to reply appended, from the records'
-own timestamps) and the rest (HTTP, the API, the transaction's commit, the reply's delivery).
+own timestamps) and the rest (HTTP, the API, the transaction's commit, the reply's delivery), and
+the CPU every part of the stack spent per purchase (each component, the broker, Postgres).
 
     .venv/bin/python -m bench.serving_load [--read-rates 500,1000,3000] [--command-rate 200]
         [--seconds 20] [--command-warmup 5] [--purchases 20000] [--members 2000] [--busy-cores 0]
@@ -49,7 +50,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.end_to_end import measure
-from bench.processes import busy_cores, component_pid, cpu_quota, cpu_seconds, with_children, workers
+from bench.processes import (
+    busy_cores,
+    component_pid,
+    cpu_by_pid,
+    cpu_quota,
+    cpu_seconds,
+    stack_parts,
+    with_children,
+    workers,
+)
 from bench.stack import RunningStack, loyalty_run, wait_ready
 from localinfra.process import reserved_ports
 from services.ledger.settings import LedgerSettings
@@ -240,13 +250,24 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
             attack(purchase_targets(stack, members, rate, warmup), rate, warmup),
         )
     started_ms = time.time() * 1000
-    ledger_api = with_children(component_pid(stack.process.pid, "ledger-api"))
-    cpu = cpu_seconds(ledger_api)
+    parts = stack_parts(stack.process.pid, stack.state)
+    before = {part: cpu_by_pid(pids) for part, pids in parts.items()}
     results = attack(purchase_targets(stack, members, rate, seconds), rate, seconds)
-    spent = cpu_seconds(ledger_api) - cpu
+    after = {part: cpu_by_pid(pids) for part, pids in parts.items()}
     report("POST /v1/purchases", rate, seconds, results)
     decided = len(latencies(results, SUCCESS))
-    print(f"  ledger API CPU {cpu_spent(spent, seconds, decided, 'purchase decided')}")
+    spent = {
+        part: sum(cpu - before[part].get(pid, cpu) for pid, cpu in after[part].items()) for part in parts
+    }
+    total = cpu_spent(sum(spent.values()), seconds, decided, "purchase decided")
+    print(f"  CPU of every part of the stack: {total}")
+    print(
+        "  by part, us per purchase decided: "
+        + ", ".join(
+            f"{part} {cpu / max(decided, 1) * 1e6:,.0f}"
+            for part, cpu in sorted(spent.items(), key=lambda item: -item[1])
+        )
+    )
     in_processor(stack, started_ms)
 
 
