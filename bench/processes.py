@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from localinfra.process import pid_alive
 from localinfra.stack import LocalStack
 
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
@@ -19,11 +20,24 @@ QUOTA_PERIOD_US = 10_000
 
 def component_pid(parent: int, component: str) -> int:
     """The pid of the child of `parent` (`loyalty run`) that runs `component` (`processor`, `read-api`...)."""
-    for pid in children(parent):
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if component.encode() in cmdline.read().split(b"\0"):
-                return pid
+    for pid, name in components(parent):
+        if name == component:
+            return pid
     raise SystemExit(f"no {component} among the children of process {parent}")
+
+
+def components(run: int) -> list[tuple[int, str]]:
+    """The children of `run` (`loyalty run`) that run a component, with its name; one that ends
+    meanwhile is left out."""
+    found = []
+    for pid in children(run):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if b"services.cli" in args[:-1]:
+            found.append((pid, args[args.index(b"services.cli") + 1].decode()))
+    return found
 
 
 def children(pid: int) -> list[int]:
@@ -56,23 +70,32 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
-def stack_parts(run: int, state: Path) -> dict[str, list[int]]:
-    """The processes of a `loyalty run` (pid `run`, state directory `state`) by part, each with its
-    own children (an API's workers, Postgres's backends): its components (`processor`, `ledger-api`,
-    ...; several processors count as one part), and the broker and Postgres it started, if local."""
-    parts: dict[str, list[int]] = {}
-    for pid in children(run):
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        if b"services.cli" in args[:-1]:
-            parts.setdefault(args[args.index(b"services.cli") + 1].decode(), []).extend(with_children(pid))
-    servers = LocalStack.from_env({"LOYALTY_STATE_DIR": str(state)}, state_dir=state)
+def stack_parts(run: int, servers: LocalStack) -> dict[str, list[int]]:
+    """The processes of a `loyalty run` (pid `run`) by part, each with its own children (an API's
+    workers, Postgres's backends): the supervisor itself, its components (several processors count
+    as one part), and the broker and Postgres it started (`servers`), if local. A process that ends
+    meanwhile is left out."""
+    parts: dict[str, list[int]] = {"supervisor": [run]}
+    for pid, name in components(run):
+        parts.setdefault(name, []).extend(_with_children_alive(pid))
     broker = servers.kafka.running_pid() if servers.kafka is not None else None
     if broker is not None:
         parts["broker"] = [broker]
     postmaster = servers.postgres.data / "postmaster.pid" if servers.postgres is not None else None
-    if postmaster is not None and postmaster.exists():
-        parts["postgres"] = with_children(int(postmaster.read_text().split()[0]))
+    if (
+        postmaster is not None
+        and postmaster.exists()
+        and pid_alive(pid := int(postmaster.read_text().split()[0]))
+    ):
+        parts["postgres"] = _with_children_alive(pid)
     return parts
+
+
+def _with_children_alive(pid: int) -> list[int]:
+    try:
+        return with_children(pid)
+    except FileNotFoundError:
+        return []
 
 
 def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:

@@ -55,7 +55,6 @@ from bench.processes import (
     component_pid,
     cpu_by_pid,
     cpu_quota,
-    cpu_seconds,
     stack_parts,
     with_children,
     workers,
@@ -182,10 +181,11 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     read_api = with_children(component_pid(stack.process.pid, "read-api"))
     read_workers = workers(read_api[0])
     for rate in rates:
-        before, cpu = shed_by_reason(stack.read), {pid: cpu_seconds([pid]) for pid in read_api}
+        before, cpu = shed_by_reason(stack.read), cpu_by_pid(read_api)
         results = attack(targets, rate, seconds)
-        by_pid, after = {pid: cpu_seconds([pid]) - cpu[pid] for pid in read_api}, shed_by_reason(stack.read)
-        spent, by_worker = sum(by_pid.values()), [by_pid[pid] for pid in read_workers]
+        by_pid = {pid: now - cpu.get(pid, now) for pid, now in cpu_by_pid(read_api).items()}
+        after = shed_by_reason(stack.read)
+        spent, by_worker = sum(by_pid.values()), [by_pid.get(pid, 0.0) for pid in read_workers]
         report("GET /v1/members/{id}/balance", rate, seconds, results)
         shed = {reason: after[reason] - before.get(reason, 0) for reason in after}
         served = len(latencies(results, {200}))
@@ -250,14 +250,17 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
             attack(purchase_targets(stack, members, rate, warmup), rate, warmup),
         )
     started_ms = time.time() * 1000
-    parts = stack_parts(stack.process.pid, stack.state)
+    parts = stack_parts(stack.process.pid, stack.servers)
     before = {part: cpu_by_pid(pids) for part, pids in parts.items()}
     results = attack(purchase_targets(stack, members, rate, seconds), rate, seconds)
-    after = {part: cpu_by_pid(pids) for part, pids in parts.items()}
+    # Listed again: a process started meanwhile (a new Postgres backend) counts from zero.
+    parts_after = stack_parts(stack.process.pid, stack.servers)
+    after = {part: cpu_by_pid(pids) for part, pids in parts_after.items()}
     report("POST /v1/purchases", rate, seconds, results)
     decided = len(latencies(results, SUCCESS))
     spent = {
-        part: sum(cpu - before[part].get(pid, cpu) for pid, cpu in after[part].items()) for part in parts
+        part: sum(cpu - before.get(part, {}).get(pid, 0.0) for pid, cpu in cpus.items())
+        for part, cpus in after.items()
     }
     total = cpu_spent(sum(spent.values()), seconds, decided, "purchase decided")
     print(f"  CPU of every part of the stack: {total}")
@@ -268,6 +271,9 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
             for part, cpu in sorted(spent.items(), key=lambda item: -item[1])
         )
     )
+    ended = sum(1 for part, cpus in before.items() for pid in cpus if pid not in after.get(part, {}))
+    if ended:
+        print(f"  ({ended} processes ended during the attack: their CPU is not counted)")
     in_processor(stack, started_ms)
 
 

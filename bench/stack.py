@@ -91,6 +91,8 @@ class RunningStack:
     admin_key: str
     state: Path
     process: subprocess.Popen[bytes]
+    # The broker and Postgres it starts, unless external.
+    servers: LocalStack
 
 
 @contextmanager
@@ -119,6 +121,7 @@ def loyalty_run(extra: dict[str, str] | None = None, cgroup: Path | None = None)
             "LOYALTY_LOG_LEVEL": "WARNING",
             **(extra or {}),
         }
+        servers = LocalStack.from_env(env, state_dir=state)
         log = state / "run.log"
         with open(log, "wb") as out:
             run = subprocess.Popen(
@@ -144,9 +147,10 @@ def loyalty_run(extra: dict[str, str] | None = None, cgroup: Path | None = None)
                 admin_key=admin_key,
                 state=state,
                 process=run,
+                servers=servers,
             )
         finally:
             run.send_signal(signal.SIGINT)
             run.wait(timeout=120)
             # The cluster may live outside the state directory (/var/tmp, as root): 1 GB a run.
-            LocalStack.from_env(env, state_dir=state).purge(state)
+            servers.purge(state)

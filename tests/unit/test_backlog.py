@@ -9,10 +9,11 @@ from collections import Counter, defaultdict
 from bench.backlog import generate
 
 
-def test_the_history_has_the_size_asked_and_every_kind_of_event_in_unbroken_chains() -> None:
+def test_the_history_has_about_the_size_asked_and_every_kind_of_event_in_unbroken_chains() -> None:
     events = list(generate(5_000, 200))
 
-    assert len(events) == 5_000
+    # About that many: the last command's events are kept whole.
+    assert 5_000 <= len(events) <= 5_010
     kinds = Counter(type(event.data).__name__ for event in events)
     for kind in ("PurchaseRecorded", "PointsEarned", "PointsRedeemed", "PurchaseRefunded", "TierChanged"):
         assert kinds[kind] > 0, kinds
