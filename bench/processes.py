@@ -109,6 +109,12 @@ def cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
     return found
 
 
+def cpu_spent_by_pid(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """The CPU each process spent between two `cpu_by_pid` readings; one first seen in `after`
+    counts from zero, one gone by then is left out."""
+    return {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()}
+
+
 @contextmanager
 def cpu_quota(cores: float) -> Iterator[Path | None]:
     """A cgroup whose processes together get `cores` cores' worth of CPU every 10 ms, or None

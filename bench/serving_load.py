@@ -55,6 +55,7 @@ from bench.processes import (
     component_pid,
     cpu_by_pid,
     cpu_quota,
+    cpu_spent_by_pid,
     stack_parts,
     with_children,
     workers,
@@ -183,7 +184,7 @@ def reads(stack: RunningStack, members: int, rates: list[int], seconds: float) -
     for rate in rates:
         before, cpu = shed_by_reason(stack.read), cpu_by_pid(read_api)
         results = attack(targets, rate, seconds)
-        by_pid = {pid: now - cpu.get(pid, now) for pid, now in cpu_by_pid(read_api).items()}
+        by_pid = cpu_spent_by_pid(cpu, cpu_by_pid(read_api))
         after = shed_by_reason(stack.read)
         spent, by_worker = sum(by_pid.values()), [by_pid.get(pid, 0.0) for pid in read_workers]
         report("GET /v1/members/{id}/balance", rate, seconds, results)
@@ -258,10 +259,7 @@ def commands(stack: RunningStack, members: int, rate: int, seconds: float, warmu
     after = {part: cpu_by_pid(pids) for part, pids in parts_after.items()}
     report("POST /v1/purchases", rate, seconds, results)
     decided = len(latencies(results, SUCCESS))
-    spent = {
-        part: sum(cpu - before.get(part, {}).get(pid, 0.0) for pid, cpu in cpus.items())
-        for part, cpus in after.items()
-    }
+    spent = {part: sum(cpu_spent_by_pid(before.get(part, {}), cpus).values()) for part, cpus in after.items()}
     total = cpu_spent(sum(spent.values()), seconds, decided, "purchase decided")
     print(f"  CPU of every part of the stack: {total}")
     print(

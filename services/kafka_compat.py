@@ -166,7 +166,7 @@ class TransactionRecords:
             if partition not in known:
                 raise ValueError(f"Unrecognized partition {partition} for topic {topic}")
         producer._ensure_valid_record_size(producer._estimate_size_in_bytes(key, value, headers))
-        if tp is None:  # the first: added once its size is known to pass
+        if first:  # added once its size is known to pass
             tp = TopicPartition(topic, partition)
             producer._transaction_manager.maybe_add_partition_to_transaction(tp)  # raises outside one
             self._added[topic, partition] = tp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -32,6 +33,20 @@ class Wakeups:
             wakeup()
 
         producer._sender.wakeup = counted
+
+
+def transactional_clients(
+    bootstrap: str, topic: str, **producer_options: Any
+) -> tuple[KafkaProducer, TransactionRecords, Wakeups, KafkaConsumer]:
+    """A transactional producer (its records through TransactionRecords, its wakeups counted) and a
+    consumer of committed records only."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=topic, linger_ms=1, **producer_options
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    return producer, TransactionRecords(producer), Wakeups(producer), consumer
 
 
 def read_for(consumer: KafkaConsumer, tp: TopicPartition, seconds: float) -> int:
@@ -82,17 +97,8 @@ def test_a_transactions_records_sent_past_the_producers_checks_arrive_whole_in_o
     record arrives, in order, none of the aborted; a record over the size limit is refused."""
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
     create_topic(bootstrap, topic, partitions=2)
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        transactional_id=topic,
-        linger_ms=1,
-        batch_size=16 * 1024,
-        max_request_size=100_000,
-    )
-    records = TransactionRecords(producer)
-    wakeups = Wakeups(producer)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    producer, records, wakeups, consumer = transactional_clients(
+        bootstrap, topic, batch_size=16 * 1024, max_request_size=100_000
     )
     try:
         producer.init_transactions()
@@ -138,12 +144,7 @@ def test_a_transactions_first_record_to_each_partition_leaves_the_io_thread_asle
     refused, the second time too."""
     bootstrap, topic = isolated.env["LOYALTY_KAFKA_BOOTSTRAP"], isolated.env["LOYALTY_TOPIC_COMMANDS"]
     create_topic(bootstrap, topic, partitions=6)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=topic, linger_ms=1)
-    records = TransactionRecords(producer)
-    wakeups = Wakeups(producer)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
-    )
+    producer, records, wakeups, consumer = transactional_clients(bootstrap, topic)
     try:
         producer.init_transactions()
         for transaction in range(2):  # the first learns the topic's metadata
@@ -171,7 +172,7 @@ def test_waiting_for_the_broker_never_formats_a_socket(
     isolated: Isolated, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kafka-python asks its selector for each socket it waits on, and a socket not registered
-    (nearly every one) used to be formatted into the KeyError, at two system calls a wait."""
+    (nearly every one) used to be formatted into the KeyError, twice, at four system calls a wait."""
     install_fixes()
     formatted = 0
     unformatted = socket.socket.__repr__
